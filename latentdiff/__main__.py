@@ -1,0 +1,5 @@
+import sys
+
+from latentdiff.cli import main
+
+sys.exit(main())
