@@ -31,9 +31,16 @@ HELD_OUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
     {("purple", "triangle"), ("orange", "circle"), ("green", "square")}
 )
 
-POSITIONS: tuple[str, ...] = ("on the left", "on the right", "at the top", "at the bottom", "in the center")
+POSITIONS: tuple[str, ...] = (
+    "on the left",
+    "on the right",
+    "at the top",
+    "at the bottom",
+    "in the center",
+)
 RELATIONS: tuple[str, ...] = ("to the left of", "to the right of", "above", "below")
 COUNT_WORDS: dict[int, str] = {2: "two", 3: "three", 4: "four"}
+MOTION_DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
 
 # Position and relation thresholds, in reference-size pixels (object centres, y grows downward).
 POSITION_LEFT_MAX = 24.0

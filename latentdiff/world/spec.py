@@ -31,6 +31,8 @@ class PromptSpec:
     kind="counting": `count` (2–4) identical objects `objects[0]`.
     kind="two_object": `objects[0]` `relation` `objects[1]` (relation one of palette.RELATIONS).
     `background` is None when the caption leaves it free.
+    `motion` (one of palette.MOTION_DIRECTIONS) makes a single-object caption a video caption,
+    `a {color} {shape} moving {direction}`.
     """
 
     kind: PromptKind
@@ -39,6 +41,7 @@ class PromptSpec:
     position: str | None = None
     relation: str | None = None
     background: str | None = None
+    motion: str | None = None
 
     @property
     def held_out(self) -> bool:
