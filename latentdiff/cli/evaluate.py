@@ -1,0 +1,142 @@
+"""`latentdiff evaluate`: measure prompt adherence (GenEval-style) and print the prompt suite.
+
+`evaluate adherence --prompts FILE --images DIR` pairs the prompts (one per non-empty line,
+as `generate --prompts-file` reads them) with DIR/00000.png, 00001.png, … in order; with
+`--images-per-prompt K` (generate's `--num-images K`) prompt i owns images iK … iK+K-1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from latentdiff.cli.generate import read_prompts  # the same prompt lines `generate` reads
+from latentdiff.errors import UsageError
+from latentdiff.evaluation.scoring import CATEGORIES, Report, score
+from latentdiff.evaluation.suite import evaluation_suite
+from latentdiff.world.captions import parse_caption
+
+NUMBERED_PNG = re.compile(r"^\d{5,}\.png$")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="measure prompt adherence of generated images",
+        description="Score generated images against their prompts (Shapes World, GenEval-style).",
+    )
+    tasks = parser.add_subparsers(dest="task", metavar="TASK", required=True)
+
+    adherence = tasks.add_parser(
+        "adherence",
+        help="score images against their prompts",
+        description="Score DIR/00000.png, 00001.png, … against the prompt lines in order: "
+        "single, counting, two_object, color_binding, position, held_out and overall.",
+    )
+    adherence.add_argument(
+        "--prompts", required=True, metavar="FILE", help="text file, one prompt per line"
+    )
+    adherence.add_argument(
+        "--images", required=True, metavar="DIR", help="folder of 00000.png, 00001.png, …"
+    )
+    adherence.add_argument(
+        "--images-per-prompt",
+        type=int,
+        default=1,
+        metavar="K",
+        help="images per prompt (generate's --num-images)",
+    )
+    adherence.add_argument("--json", action="store_true", help="print one JSON object")
+    adherence.set_defaults(func=run_adherence)
+
+    suite = tasks.add_parser(
+        "suite",
+        help="print or write the evaluation prompt suite",
+        description="The fixed suite of canonical evaluation prompts, one per line.",
+    )
+    suite.add_argument("--output", default=None, help="write to this file instead of stdout")
+    suite.set_defaults(func=run_suite)
+
+
+def run_adherence(args: argparse.Namespace) -> None:
+    if args.images_per_prompt < 1:
+        raise UsageError(f"--images-per-prompt must be at least 1, got {args.images_per_prompt}")
+    prompts = read_prompts(Path(args.prompts))
+    for number, reason in unparseable(prompts):
+        print(
+            f"latentdiff evaluate: warning: prompt {number} counted wrong: {reason}",
+            file=sys.stderr,
+        )
+    per_image = [p for p in prompts for _ in range(args.images_per_prompt)]
+    paths = image_paths(Path(args.images), len(per_image))
+    report = score(per_image, load_images(paths))
+    print(json.dumps(report.to_dict()) if args.json else format_table(report))
+
+
+def unparseable(prompts: list[str]) -> list[tuple[int, str]]:
+    """(1-based number, reason) of each prompt that does not parse; an error if none parses,
+    since then the file is no prompt list at all."""
+    bad = []
+    for number, prompt in enumerate(prompts, 1):
+        try:
+            parse_caption(prompt)
+        except UsageError as error:
+            bad.append((number, str(error)))
+    if len(bad) == len(prompts):
+        raise UsageError(f"no prompt in the file parses; the first: {bad[0][1]}")
+    return bad
+
+
+def image_paths(folder: Path, n: int) -> list[Path]:
+    """DIR/00000.png … for `n` images; exactly these numbered PNGs must be there."""
+    if not folder.is_dir():
+        raise UsageError(f"image folder {folder} does not exist")
+    expected = [folder / f"{k:05d}.png" for k in range(n)]
+    numbered = {p.name for p in folder.iterdir() if NUMBERED_PNG.match(p.name)}
+    missing = [p for p in expected if p.name not in numbered]
+    if missing:
+        raise UsageError(f"{len(numbered)} numbered images for {n} expected; missing {missing[0]}")
+    if len(numbered) > n:
+        raise UsageError(f"{len(numbered)} numbered images in {folder} for {n} expected")
+    return expected
+
+
+def load_images(paths: list[Path]) -> Iterator[np.ndarray]:
+    """Each file as an (H, W, 3) uint8 RGB array, read only when the scorer gets to it."""
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                yield np.asarray(image.convert("RGB"))
+        except OSError as error:
+            raise UsageError(f"cannot read image {path}: {error}") from None
+
+
+def format_table(report: Report) -> str:
+    """Accuracy per category as an aligned table, `overall` last."""
+    lines = [f"{'category':<14} {'accuracy':>8}  {'correct':>9}"]
+    for category in CATEGORIES:
+        accuracy = report.accuracy[category]
+        shown = "-" if accuracy is None else f"{accuracy:.3f}"
+        counts = f"{report.correct[category]}/{report.total[category]}"
+        lines.append(f"{category:<14} {shown:>8}  {counts:>9}")
+    overall = "-" if report.overall is None else f"{report.overall:.3f}"
+    lines.append(f"{'overall':<14} {overall:>8}")
+    return "\n".join(lines)
+
+
+def run_suite(args: argparse.Namespace) -> None:
+    text = "\n".join(evaluation_suite()) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        Path(args.output).write_text(text)
+    except OSError as error:
+        raise UsageError(f"cannot write {args.output}: {error.strerror}") from None
