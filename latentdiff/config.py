@@ -231,7 +231,7 @@ def shapes_config() -> ModelConfig:
             use_linear_projection=True,
         ),
         text_encoder=TextEncoderConfig(
-            vocab_size=64, context_length=24, width=128, layers=3, heads=4, activation="gelu"
+            vocab_size=80, context_length=24, width=128, layers=3, heads=4, activation="gelu"
         ),
         diffusion=DiffusionConfig(),
         sample_size=64,
@@ -257,7 +257,122 @@ def tiny_config() -> ModelConfig:
     )
 
 
+def sd15_config() -> ModelConfig:
+    """Stable Diffusion 1.5: 860 M U-Net (8 heads, 1×1-conv projections), CLIP ViT-L/14 text."""
+    return ModelConfig(
+        autoencoder=AutoencoderConfig(),
+        unet=UNetConfig(),
+        text_encoder=TextEncoderConfig(pad_token_id=49407),
+        diffusion=DiffusionConfig(),
+        sample_size=512,
+    )
+
+
+def _sd2_model(prediction_type: Literal["epsilon", "v_prediction"], sample_size: int) -> ModelConfig:
+    """Stable Diffusion 2.x: 64-wide heads, linear projections, OpenCLIP ViT-H/14 text.
+
+    The text model has 24 layers, of which SD 2 uses the first 23 (the penultimate hidden
+    state, then the final LayerNorm); diffusers folders store only those 23.
+    """
+    return ModelConfig(
+        autoencoder=AutoencoderConfig(),
+        unet=UNetConfig(num_heads=None, head_dim=64, context_dim=1024, use_linear_projection=True),
+        text_encoder=TextEncoderConfig(
+            width=1024,
+            layers=24,
+            heads=16,
+            activation="gelu",
+            output_layer="penultimate",
+            pad_token_id=0,
+        ),
+        diffusion=DiffusionConfig(prediction_type=prediction_type),
+        sample_size=sample_size,
+    )
+
+
+def sd21_config() -> ModelConfig:
+    """Stable Diffusion 2.1 (768×768, v-prediction)."""
+    return _sd2_model("v_prediction", 768)
+
+
+def sd21_base_config() -> ModelConfig:
+    """Stable Diffusion 2.1-base (512×512, ε-prediction)."""
+    return _sd2_model("epsilon", 512)
+
+
 PRESETS = {
     "shapes": shapes_config,
     "tiny": tiny_config,
+    "sd15": sd15_config,
+    "sd21": sd21_config,
+    "sd21-base": sd21_base_config,
 }
+
+
+# ── Training ──────────────────────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run of any component: optimisation, precision, checkpointing, logging.
+
+    Stored in every training checkpoint (`trainer_state.json`). A "step" is one optimizer
+    update on `batch_size` samples, split into `grad_accum_steps` micro-batches on each of the
+    processes of a torchrun launch.
+    """
+
+    steps: int = 1000
+    """Optimizer steps to train to (a resumed run continues up to this total)."""
+    batch_size: int = 32
+    """Global batch: samples per optimizer step over all processes and micro-batches."""
+    learning_rate: float = 1e-4
+    """Peak AdamW learning rate, reached at the end of the warm-up."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay; applied to weight matrices and kernels only, not to biases,
+    norm scales or other 1-D parameters (decaying those only hurts)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (β1, β2)."""
+    warmup_steps: int = 0
+    """Steps of linear learning-rate warm-up from learning_rate / warmup_steps."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """After warm-up: constant, or cosine decay towards 0 at `steps` (changing `steps` on
+    resume changes the remaining cosine)."""
+    grad_accum_steps: int = 1
+    """Micro-batches per step on each process; trades time for memory at the same result."""
+    grad_clip: float | None = 1.0
+    """Clip the global gradient norm to this value; None disables clipping."""
+    ema_decay: float | None = None
+    """Exponential-moving-average decay of the weights (e.g. 0.999); None disables EMA. The
+    decay after n steps is min(ema_decay, (1 + n) / (10 + n)), so early averages forget the
+    random initialisation quickly."""
+    mixed_precision: Literal["no", "bf16"] = "no"
+    """"bf16" runs forward and loss under bfloat16 autocast (weights and optimizer stay fp32).
+    Faster only where the hardware has bf16 matrix units (AVX512-BF16/AMX, recent GPUs)."""
+    seed: int = 0
+    """Seeds the per-step randomness (noise, timesteps, dropout) and the data order."""
+    checkpoint_every: int = 500
+    """Write a checkpoint every this many steps (and always at the last step)."""
+    log_every: int = 10
+    """Log the mean loss over the last this-many steps (and at every checkpoint)."""
+    keep_checkpoints: int = 2
+    """Most recent checkpoints kept on disk; older ones are deleted."""
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "steps must be at least 1")
+        _check(self.batch_size >= 1, "batch_size must be at least 1")
+        _check(self.learning_rate > 0, "learning_rate must be positive")
+        _check(self.weight_decay >= 0, "weight_decay must not be negative")
+        _check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "betas must be two numbers in [0, 1)",
+        )
+        _check(self.warmup_steps >= 0, "warmup_steps must not be negative")
+        _check(self.lr_schedule in ("constant", "cosine"), "lr_schedule: constant or cosine")
+        _check(self.grad_accum_steps >= 1, "grad_accum_steps must be at least 1")
+        _check(self.grad_clip is None or self.grad_clip > 0, "grad_clip must be positive")
+        _check(self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay must be in (0, 1)")
+        _check(self.mixed_precision in ("no", "bf16"), "mixed_precision: no or bf16")
+        _check(self.seed >= 0, "seed must not be negative")
+        _check(self.checkpoint_every >= 1, "checkpoint_every must be at least 1")
+        _check(self.log_every >= 1, "log_every must be at least 1")
+        _check(self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1")
