@@ -7,6 +7,6 @@ __version__ = "0.1.0"
 
 def load_pipeline(name_or_path: str = "shapes", device: str = "auto"):
     """Load a text-to-image pipeline: the bundled model by default, or a checkpoint path."""
-    from latentdiff.pipelines.loading import load_pipeline as _load
+    from latentdiff.pipelines.pipeline import load_pipeline as _load
 
     return _load(name_or_path, device=device)

@@ -56,6 +56,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     adherence.add_argument("--json", action="store_true", help="print one JSON object")
     adherence.set_defaults(func=run_adherence)
 
+    model = tasks.add_parser(
+        "model",
+        help="generate the prompt suite with a model and score it",
+        description="Generate one image per suite prompt (image k with seed+k) and score "
+        "prompt adherence; the figure the model card reports.",
+    )
+    model.add_argument("--model", default="shapes", help="bundled model name or model folder")
+    model.add_argument("--sampler", default="dpmpp_2m", help="sampler name")
+    model.add_argument("--schedule", default="default", help="default or karras")
+    model.add_argument("--steps", type=int, default=20, help="sampling steps")
+    model.add_argument("--guidance-scale", type=float, default=5.0, help="CFG scale")
+    model.add_argument("--seed", type=int, default=0, help="image k uses seed+k")
+    model.add_argument("--limit", type=int, default=None, help="score only the first N prompts")
+    model.add_argument("--prompts", default=None, metavar="FILE", help="instead of the suite")
+    model.add_argument("--batch-size", type=int, default=50, help="images per forward pass")
+    model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    model.add_argument("--json", action="store_true", help="print one JSON object")
+    model.set_defaults(func=run_model)
+
     suite = tasks.add_parser(
         "suite",
         help="print or write the evaluation prompt suite",
@@ -77,6 +96,38 @@ def run_adherence(args: argparse.Namespace) -> None:
     per_image = [p for p in prompts for _ in range(args.images_per_prompt)]
     paths = image_paths(Path(args.images), len(per_image))
     report = score(per_image, load_images(paths))
+    print(json.dumps(report.to_dict()) if args.json else format_table(report))
+
+
+def run_model(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from latentdiff.diffusion.samplers import SAMPLERS
+    from latentdiff.evaluation.adherence import evaluate_adherence
+    from latentdiff.pipelines.pipeline import load_pipeline
+    from latentdiff.pipelines.request import GenerationRequest
+
+    prompts = read_prompts(Path(args.prompts)) if args.prompts else evaluation_suite()
+    if args.limit is not None:
+        if args.limit < 1:
+            raise UsageError(f"--limit must be at least 1, got {args.limit}")
+        prompts = prompts[: args.limit]
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    request = GenerationRequest(
+        prompt=prompts[0],
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        sampler=args.sampler,
+        schedule=args.schedule,
+        seed=args.seed,
+    )
+    request.validate(1, tuple(SAMPLERS))
+    pipeline = load_pipeline(args.model, device=args.device)
+    with tqdm(total=len(prompts), unit="image", disable=None) as bar:
+        report = evaluate_adherence(
+            pipeline, prompts, request, batch_size=args.batch_size, on_batch=bar.update
+        )
     print(json.dumps(report.to_dict()) if args.json else format_table(report))
 
 

@@ -1,0 +1,131 @@
+"""latentdiff's own model format: a folder with `config.json`, `model.safetensors`, `tokenizer.json`.
+
+The weights file holds every component under a prefix (`autoencoder.`, `unet.`,
+`text_encoder.`); the config is `ModelConfig.to_dict()`. Loading checks every key and shape
+and names the first problem, so a bad file never half-loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from latentdiff.config import ModelConfig, load_model_config
+from latentdiff.errors import UsageError
+from latentdiff.models.autoencoder import Autoencoder
+from latentdiff.models.text_encoder import TextEncoder
+from latentdiff.models.tokenizer import Tokenizer
+from latentdiff.models.unet import UNet
+from latentdiff.training.checkpoint import atomic_write, load_weights, save_weights
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+BUNDLED_MODELS = {"shapes": ASSETS / "shapes"}
+
+
+@dataclass
+class Components:
+    """The parts of a latent diffusion model, ready to run."""
+
+    config: ModelConfig
+    autoencoder: Autoencoder
+    unet: UNet
+    text_encoder: TextEncoder
+    tokenizer: Tokenizer
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {
+            "autoencoder": self.autoencoder,
+            "unet": self.unet,
+            "text_encoder": self.text_encoder,
+        }
+
+
+def build_components(config: ModelConfig, tokenizer: Tokenizer) -> Components:
+    """Randomly initialised components for `config`."""
+    return Components(
+        config=config,
+        autoencoder=Autoencoder(config.autoencoder),
+        unet=UNet(config.unet),
+        text_encoder=TextEncoder(config.text_encoder),
+        tokenizer=tokenizer,
+    )
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
+    """A bundled model's name or a folder path → the folder."""
+    if str(name_or_path) in BUNDLED_MODELS:
+        return BUNDLED_MODELS[str(name_or_path)]
+    path = Path(name_or_path)
+    if not path.is_dir():
+        names = ", ".join(BUNDLED_MODELS)
+        raise UsageError(f"no model folder at {path} (bundled models: {names})")
+    return path
+
+
+def load_components(name_or_path: str | os.PathLike, device: torch.device) -> Components:
+    """Load a latentdiff model folder (or a bundled model by name) onto `device`, in fp32."""
+    folder = resolve_model_path(name_or_path)
+    for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
+        if not (folder / name).is_file():
+            raise UsageError(f"model folder {folder} has no {name}")
+    config = load_model_config(folder / CONFIG_FILE)
+    components = build_components(config, Tokenizer.load(folder / TOKENIZER_FILE))
+    state, _ = load_weights(folder / WEIGHTS_FILE)
+    strays = sorted(k for k in state if k.split(".", 1)[0] not in components.modules())
+    if strays:  # a key under no component's prefix would otherwise be silently dropped
+        raise UsageError(
+            f"{folder / WEIGHTS_FILE}: unexpected key {strays[0]} ({len(strays)} unexpected)"
+        )
+    for prefix, module in components.modules().items():
+        load_strict(module, take_prefix(state, prefix + "."), f"{folder / WEIGHTS_FILE} [{prefix}]")
+        module.to(device).eval().requires_grad_(False)
+    return components
+
+
+def save_components(
+    components: Components, folder: str | os.PathLike, dtype: torch.dtype = torch.float16
+) -> None:
+    """Write a model folder; each file is written to a temporary name, then renamed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {
+        f"{prefix}.{key}": tensor
+        for prefix, module in components.modules().items()
+        for key, tensor in module.state_dict().items()
+    }
+    save_weights(folder / WEIGHTS_FILE, state, dtype=dtype)
+    config_json = json.dumps(components.config.to_dict(), indent=2) + "\n"
+    atomic_write(folder / CONFIG_FILE, lambda tmp: tmp.write_text(config_json))
+    atomic_write(folder / TOKENIZER_FILE, components.tokenizer.save)
+
+
+def take_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load every parameter and buffer, or raise UsageError naming the first bad key."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise UsageError(f"{source}: missing key {missing[0]} ({len(missing)} missing)")
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise UsageError(f"{source}: unexpected key {unexpected[0]} ({len(unexpected)} unexpected)")
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise UsageError(
+                f"{source}: key {key} has shape {tuple(tensor.shape)}, "
+                f"expected {tuple(expected[key].shape)}"
+            )
+    # Cast to the module's own dtype (files are fp16; inference runs in fp32 unless asked).
+    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})

@@ -1,0 +1,139 @@
+"""`latentdiff generate`: text to image, one prompt or a file of prompts."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from latentdiff.errors import UsageError
+from latentdiff.pipelines.request import SCHEDULES, GenerationRequest
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="generate images from text",
+        description="Generate images from text with the bundled model or a model folder.",
+    )
+    parser.add_argument("prompt", nargs="?", help="the text prompt (or use --prompts-file)")
+    parser.add_argument("--negative-prompt", default=None, help="text to steer away from")
+    parser.add_argument("--model", default="shapes", help="bundled model name or model folder")
+    parser.add_argument("--sampler", default="dpmpp_2m", help="ddpm, ddim, euler, euler_a, heun, dpmpp_2m")
+    parser.add_argument("--schedule", default="default", choices=SCHEDULES, help="sigma spacing")
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps")
+    parser.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance")
+    parser.add_argument("--seed", type=int, default=None, help="image k uses seed+k (default: random)")
+    parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    parser.add_argument("--width", type=int, default=None, help="pixels (default: the model's)")
+    parser.add_argument("--height", type=int, default=None, help="pixels (default: the model's)")
+    parser.add_argument("--output", default="out.png", help="output PNG (single prompt)")
+    parser.add_argument("--prompts-file", default=None, help="one prompt per line → --outdir")
+    parser.add_argument("--outdir", default=None, help="folder for 00000.png, 00001.png, …")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    prompts, paths = plan_outputs(args)
+    request = GenerationRequest(
+        prompt=prompts,
+        negative_prompt=args.negative_prompt,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        sampler=args.sampler,
+        schedule=args.schedule,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
+        num_images=args.num_images,
+    )
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    # Validate before the (slow) model load, so bad input fails at once.
+    from latentdiff.diffusion.samplers import SAMPLERS
+    from latentdiff.pipelines.pipeline import load_pipeline
+    from latentdiff.pipelines.txt2img import resolve_seeds
+
+    request.validate(1, tuple(SAMPLERS))
+    pipeline = load_pipeline(args.model, device=args.device)
+    request.validate(pipeline.components.config.autoencoder.downsample_factor, tuple(SAMPLERS))
+    seeds = resolve_seeds(request)
+    all_prompts = request.prompts
+    progress = tqdm(total=len(all_prompts) * args.steps, unit="step", disable=args.no_progress)
+    for start in range(0, len(all_prompts), args.batch_size):
+        chunk = replace(
+            request,
+            prompt=all_prompts[start : start + args.batch_size],
+            negative_prompt=request.negative_prompts[start : start + args.batch_size],
+            num_images=1,
+            seed=seeds[start],
+        )
+        n = len(chunk.prompts)
+        images, parameters = pipeline.generate(chunk, callback=lambda _, n=n: progress.update(n))
+        for image, text, path in zip(images, parameters, paths[start : start + n], strict=True):
+            save_png(image, text, path)
+    progress.close()
+
+
+def plan_outputs(args: argparse.Namespace) -> tuple[list[str], list[Path]]:
+    """The prompts and the file each image goes to; every output folder checked up front."""
+    if args.prompts_file:
+        if args.prompt:
+            raise UsageError("give a prompt or --prompts-file, not both")
+        if not args.outdir:
+            raise UsageError("--prompts-file needs --outdir")
+        prompts = read_prompts(Path(args.prompts_file))
+        outdir = Path(args.outdir)
+        ensure_writable_dir(outdir, create=True)
+        n = len(prompts) * args.num_images
+        return prompts, [outdir / f"{k:05d}.png" for k in range(n)]
+    if not args.prompt:
+        raise UsageError("give a prompt, or --prompts-file with --outdir")
+    output = Path(args.output)
+    if output.suffix.lower() != ".png":
+        raise UsageError(f"--output must be a .png file, got {output}")
+    ensure_writable_dir(output.parent, create=False)
+    if args.num_images == 1:
+        return [args.prompt], [output]
+    return [args.prompt], [
+        output.with_name(f"{output.stem}-{k:05d}.png") for k in range(max(args.num_images, 0))
+    ]
+
+
+def read_prompts(path: Path) -> list[str]:
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"cannot read prompts file {path}: {error}") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise UsageError(f"prompts file {path} has no prompts")
+    return prompts
+
+
+def ensure_writable_dir(folder: Path, *, create: bool) -> None:
+    folder = folder if str(folder) else Path(".")
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UsageError(f"cannot create output folder {folder}: {error.strerror}") from None
+    if not folder.is_dir():
+        raise UsageError(f"output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"output folder {folder} is not writable")
+
+
+def save_png(image: Image.Image, parameters: str, path: Path) -> None:
+    """Write atomically with the generation parameters in the `parameters` text chunk."""
+    from latentdiff.pipelines.metadata import png_info
+    from latentdiff.training.checkpoint import atomic_write
+
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=png_info(parameters)))

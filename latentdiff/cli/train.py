@@ -1,0 +1,287 @@
+"""`latentdiff train autoencoder|unet`: every component trained by the one shared Trainer.
+
+Each run lives in its `--output-dir` (checkpoints, loss.jsonl, loss.png) and resumes from it
+when started again with the same command; `--steps` may be raised to train further.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from latentdiff.errors import UsageError
+
+AUTOENCODER_FILE = "autoencoder.safetensors"
+AUTOENCODER_CONFIG_FILE = "autoencoder_config.json"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train a model component")
+    tasks = parser.add_subparsers(dest="task", metavar="TASK", required=True)
+
+    ae = tasks.add_parser("autoencoder", help="train the KL autoencoder on rendered images")
+    add_common_arguments(ae, steps=4000, batch_size=32, lr=5e-4)
+    ae.add_argument("--size", type=int, default=64, help="training image side in pixels")
+    ae.set_defaults(func=run_train_autoencoder)
+
+    clip = tasks.add_parser("clip", help="train the CLIP model contrastively on rendered pairs")
+    add_common_arguments(clip, steps=3000, batch_size=128, lr=5e-4)
+    clip.set_defaults(func=run_train_clip)
+
+    unet = tasks.add_parser("unet", help="train the text-conditional U-Net on cached latents")
+    add_common_arguments(unet, steps=20000, batch_size=64, lr=3e-4)
+    unet.add_argument("--autoencoder", required=True, help="output dir of `train autoencoder`")
+    unet.add_argument("--cache-size", type=int, default=100_000, help="scenes in the latent cache")
+    unet.add_argument("--cond-drop", type=float, default=0.1, help="empty-caption probability")
+    unet.add_argument(
+        "--text-encoder",
+        default="joint",
+        help='"joint" (trained with the U-Net, as in LDM) or a `train clip` folder whose text '
+        "tower is frozen (as Stable Diffusion freezes CLIP)",
+    )
+    unet.add_argument(
+        "--weighting", default="min_snr", choices=("none", "min_snr"), help="loss weighting"
+    )
+    unet.set_defaults(func=run_train_unet)
+
+
+def add_common_arguments(
+    parser: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float
+):
+    parser.add_argument("--output-dir", required=True, help="run folder (resumed if it exists)")
+    parser.add_argument(
+        "--preset", default="shapes", help="model preset (latentdiff.config.PRESETS)"
+    )
+    parser.add_argument("--steps", type=int, default=steps, help="optimizer steps in total")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="global batch size")
+    parser.add_argument("--lr", type=float, default=lr, help="peak learning rate")
+    parser.add_argument("--warmup", type=int, default=200, help="warm-up steps")
+    parser.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"))
+    parser.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay (0 disables)")
+    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
+    parser.add_argument(
+        "--mixed-precision",
+        default="no",
+        choices=("no", "bf16"),
+        help="bf16 autocast pays only on CPUs with bf16 units (AVX512-BF16, AMX) and GPUs",
+    )
+    parser.add_argument("--checkpoint-every", type=int, default=500, help="steps per checkpoint")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data order and noise")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def train_config(args: argparse.Namespace):
+    from latentdiff.config import TrainConfig
+
+    try:
+        return TrainConfig(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            warmup_steps=args.warmup,
+            lr_schedule=args.lr_schedule,
+            grad_accum_steps=args.grad_accum,
+            ema_decay=args.ema_decay or None,
+            mixed_precision=args.mixed_precision,
+            seed=args.seed,
+            checkpoint_every=args.checkpoint_every,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def preset(name: str):
+    from latentdiff.config import PRESETS
+
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def run_train_autoencoder(args: argparse.Namespace) -> None:
+    from latentdiff.models.autoencoder import Autoencoder
+    from latentdiff.training.autoencoder import (
+        RenderedImages,
+        autoencoder_loss,
+        reconstruction_psnr,
+    )
+    from latentdiff.training.checkpoint import atomic_write, save_weights
+    from latentdiff.training.trainer import Trainer
+
+    config = train_config(args)
+    ae_config = preset(args.preset).autoencoder
+    if args.size < 16 or args.size % ae_config.downsample_factor:
+        raise UsageError(f"--size must be ≥ 16 and a multiple of {ae_config.downsample_factor}")
+    model = Autoencoder(ae_config)
+    trainer = Trainer(
+        model,
+        autoencoder_loss,
+        RenderedImages(config.batch_size, args.size, config.seed),
+        config,
+        args.output_dir,
+        args.device,
+        progress=not args.no_progress,
+    )
+    summary = trainer.fit()
+    if not trainer.dist.is_main:
+        return
+    output = Path(args.output_dir)
+    save_weights(output / AUTOENCODER_FILE, trainer.final_state_dict())
+    text = json.dumps(dataclasses.asdict(ae_config), indent=2) + "\n"
+    atomic_write(output / AUTOENCODER_CONFIG_FILE, lambda tmp: tmp.write_text(text))
+    model.load_state_dict(trainer.final_state_dict())
+    psnr = reconstruction_psnr(model.eval(), size=args.size)
+    print(
+        f"autoencoder: step {summary.step}, loss {summary.final_loss}, "
+        f"{summary.samples_per_s:.1f} samples/s, PSNR {psnr:.2f} dB on unseen renders"
+    )
+
+
+def run_train_clip(args: argparse.Namespace) -> None:
+    from latentdiff.models.clip import CLIP, default_clip_config
+    from latentdiff.models.tokenizer import build_world_tokenizer
+    from latentdiff.training.checkpoint import atomic_write
+    from latentdiff.training.clip import RenderedPairs, clip_objective, evaluate_clip, save_clip
+    from latentdiff.training.trainer import Trainer
+
+    config = train_config(args)
+    clip_config = default_clip_config()
+    tokenizer = build_world_tokenizer(vocab_size=clip_config.text.vocab_size)
+    model = CLIP(clip_config)
+    batches = RenderedPairs(
+        config.batch_size,
+        clip_config.image.image_size,
+        config.seed,
+        tokenizer,
+        clip_config.text.context_length,
+    )
+    trainer = Trainer(
+        model,
+        clip_objective,
+        batches,
+        config,
+        args.output_dir,
+        args.device,
+        progress=not args.no_progress,
+    )
+    summary = trainer.fit()
+    if not trainer.dist.is_main:
+        return
+    model.load_state_dict(trainer.final_state_dict())
+    save_clip(args.output_dir, model.eval(), tokenizer)
+    metrics = {
+        "train_distribution": evaluate_clip(model, tokenizer),
+        "held_out_pairs": evaluate_clip(model, tokenizer, include_held_out=True),
+    }
+    text = json.dumps(metrics, indent=2) + "\n"
+    atomic_write(Path(args.output_dir) / "clip_metrics.json", lambda tmp: tmp.write_text(text))
+    print(
+        f"clip: step {summary.step}, {summary.samples_per_s:.1f} samples/s; {json.dumps(metrics)}"
+    )
+
+
+def load_trained_autoencoder(run_dir: Path):
+    """The (EMA) weights and config written by `train autoencoder`."""
+    from latentdiff.config import AutoencoderConfig, from_dict
+    from latentdiff.models.autoencoder import Autoencoder
+    from latentdiff.training.checkpoint import load_module_state, load_weights
+
+    config_path, weights_path = run_dir / AUTOENCODER_CONFIG_FILE, run_dir / AUTOENCODER_FILE
+    if not weights_path.is_file() or not config_path.is_file():
+        raise UsageError(f"{run_dir} holds no finished autoencoder run ({AUTOENCODER_FILE})")
+    try:
+        config = from_dict(AutoencoderConfig, json.loads(config_path.read_text()))
+    except (OSError, ValueError) as error:  # ValueError: bad JSON or bad UTF-8
+        raise UsageError(f"cannot read {config_path}: {error}") from None
+    model = Autoencoder(config)
+    state, _ = load_weights(weights_path)
+    load_module_state(model, state, weights_path)
+    return model.eval().requires_grad_(False)
+
+
+def run_train_unet(args: argparse.Namespace) -> None:
+    from latentdiff.devices import resolve_device
+    from latentdiff.models.tokenizer import Tokenizer, build_world_tokenizer
+    from latentdiff.models.unet import UNet
+    from latentdiff.training.trainer import Trainer
+    from latentdiff.training.unet import (
+        DiffusionObjective,
+        LatentCache,
+        LatentDiffusionModel,
+        build_latent_cache,
+        export_bundle,
+    )
+
+    config = train_config(args)
+    model_config = preset(args.preset)
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    autoencoder = load_trained_autoencoder(Path(args.autoencoder))
+    tokenizer_path = output / "tokenizer.json"
+    if args.text_encoder != "joint":  # a frozen tower must keep the tokenizer it learned with
+        Tokenizer.load(Path(args.text_encoder)).save(tokenizer_path)
+    elif not tokenizer_path.exists():
+        build_world_tokenizer(vocab_size=model_config.text_encoder.vocab_size).save(tokenizer_path)
+    tokenizer = Tokenizer.load(tokenizer_path)
+    cache_path = output / "latents.safetensors"
+    if not cache_path.exists():
+        cache = build_latent_cache(
+            autoencoder.to(resolve_device(args.device)),
+            tokenizer,
+            num_samples=args.cache_size,
+            size=model_config.sample_size,
+            context_length=model_config.text_encoder.context_length,
+            seed=config.seed,
+            progress=not args.no_progress,
+        )
+        cache.save(cache_path)
+    cache = LatentCache.load(cache_path)
+    text_encoder, joint = load_text_encoder(args.text_encoder, model_config, tokenizer_path)
+    model = LatentDiffusionModel(UNet(model_config.unet), text_encoder, train_text_encoder=joint)
+    empty_ids = tokenizer.encode([""], model_config.text_encoder.context_length)
+    objective = DiffusionObjective(
+        model_config.diffusion, empty_ids, args.cond_drop, weighting=args.weighting
+    )
+    model_config = dataclasses.replace(
+        model_config,
+        autoencoder=dataclasses.replace(autoencoder.config, scaling_factor=cache.scaling_factor),
+    )
+
+    def on_checkpoint(trainer: Trainer, _: Path) -> None:
+        export_bundle(trainer, model_config, autoencoder, tokenizer, output / "model")
+
+    trainer = Trainer(
+        model,
+        objective,
+        cache.batches(config.batch_size, config.seed),
+        config,
+        output,
+        args.device,
+        progress=not args.no_progress,
+        on_checkpoint=on_checkpoint,
+    )
+    summary = trainer.fit()
+    if trainer.dist.is_main:
+        print(
+            f"unet: step {summary.step}, loss {summary.final_loss}, "
+            f"{summary.samples_per_s:.1f} samples/s; model in {output / 'model'}"
+        )
+
+
+def load_text_encoder(choice: str, model_config, tokenizer_path: Path):
+    """(text encoder, trained jointly?): a fresh one, or a `train clip` run's text tower."""
+    from latentdiff.models.text_encoder import TextEncoder
+
+    if choice == "joint":
+        return TextEncoder(model_config.text_encoder), True
+    from latentdiff.training.clip import load_clip
+
+    clip, _ = load_clip(Path(choice))
+    if clip.config.text != model_config.text_encoder:
+        raise UsageError(
+            f"the CLIP text tower in {choice} does not match the preset's text encoder config"
+        )
+    return clip.text_encoder, False

@@ -1,0 +1,116 @@
+"""`load_pipeline(name_or_path)` → a `Pipeline` you call like diffusers' pipelines."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from latentdiff.checkpoints.bundle import Components, load_components
+from latentdiff.devices import resolve_device
+from latentdiff.diffusion.schedules import SchedulerSettings
+from latentdiff.pipelines.common import decode_latents
+from latentdiff.pipelines.metadata import format_parameters
+from latentdiff.pipelines.request import GenerationRequest
+from latentdiff.pipelines.txt2img import resolve_seeds, txt2img_latents
+
+
+@dataclass
+class Pipeline:
+    """A loaded model and how to sample it. Call it to generate images."""
+
+    components: Components
+    name: str
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.components.unet.parameters()).device
+
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 5.0,
+        sampler: str = "dpmpp_2m",
+        schedule: str = "default",
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_images: int = 1,
+        latents: torch.Tensor | None = None,
+    ) -> list[Image.Image]:
+        """Generate `num_images` images per prompt (parameter names as in diffusers)."""
+        request = GenerationRequest(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            sampler=sampler,
+            schedule=schedule,
+            seed=seed,
+            height=height,
+            width=width,
+            num_images=num_images,
+        )
+        images, _ = self.generate(request, latents=latents, generator=generator)
+        return images
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        latents: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        callback: Callable[[dict], None] | None = None,
+    ) -> tuple[list[Image.Image], list[str]]:
+        """Images for `request`, and for each the A1111-style `parameters` text to store with it."""
+        if request.seed is None and generator is not None:
+            # diffusers users make a run repeatable with a seeded `generator`: draw the base seed
+            # from it, and let that seed drive everything, so the seed in the PNG reproduces it.
+            seed = int(torch.randint(2**32, (), generator=generator, device=generator.device))
+            request, generator = replace(request, seed=seed), None
+        seeds = resolve_seeds(request)
+        z = txt2img_latents(
+            self.components,
+            request,
+            seeds,
+            scheduler=self.scheduler,
+            latents=latents,
+            generator=generator,
+            callback=callback,
+        )
+        images = decode_latents(self.components, z)
+        parameters = [
+            format_parameters(
+                request_for_image(request, k),
+                seed=seed,
+                width=image.width,
+                height=image.height,
+                model=self.name,
+            )
+            for k, (seed, image) in enumerate(zip(seeds, images, strict=True))
+        ]
+        return images, parameters
+
+
+def request_for_image(request: GenerationRequest, k: int) -> GenerationRequest:
+    """The single-image view of image k of a batch request (its own prompt and negative)."""
+    return replace(
+        request,
+        prompt=request.prompts[k],
+        negative_prompt=request.negative_prompts[k] or None,
+        num_images=1,
+    )
+
+
+def load_pipeline(name_or_path: str | os.PathLike = "shapes", device: str = "auto") -> Pipeline:
+    """Load the bundled model by name (default "shapes") or a latentdiff model folder."""
+    components = load_components(name_or_path, resolve_device(device))
+    return Pipeline(components=components, name=Path(name_or_path).name)

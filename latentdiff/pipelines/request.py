@@ -1,0 +1,69 @@
+"""One generation request: the parameters the Python API, the CLI and the server all share."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from latentdiff.errors import UsageError
+
+SCHEDULES = ("default", "karras")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What to generate. Names follow diffusers (`num_inference_steps`, `guidance_scale`)."""
+
+    prompt: str | list[str]
+    """One prompt, or one per image group (each gets `num_images` images)."""
+    negative_prompt: str | list[str] | None = None
+    """Steers away from this text; None means the empty prompt (the unconditional model)."""
+    num_inference_steps: int = 20
+    guidance_scale: float = 5.0
+    sampler: str = "dpmpp_2m"
+    schedule: str = "default"
+    seed: int | None = None
+    height: int | None = None
+    width: int | None = None
+    num_images: int = 1
+    """Images per prompt; image k of the whole batch uses seed `seed + k`."""
+
+    @property
+    def prompts(self) -> list[str]:
+        """One prompt per image, in output order."""
+        prompts = [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+        return [p for p in prompts for _ in range(self.num_images)]
+
+    @property
+    def negative_prompts(self) -> list[str]:
+        negative = self.negative_prompt or ""
+        if isinstance(negative, str):
+            return [negative] * len(self.prompts)
+        if len(negative) * self.num_images != len(self.prompts):
+            raise UsageError("give one negative prompt, or one per prompt")
+        return [n for n in negative for _ in range(self.num_images)]
+
+    def validate(self, latent_factor: int, samplers: tuple[str, ...]) -> None:
+        """Raise UsageError, naming the parameter, for any value the pipeline cannot honour."""
+        if self.num_inference_steps < 1:
+            raise UsageError(f"steps must be at least 1, got {self.num_inference_steps}")
+        if not math.isfinite(self.guidance_scale):
+            raise UsageError(f"guidance scale must be a finite number, got {self.guidance_scale}")
+        if self.sampler not in samplers:
+            raise UsageError(
+                f"unknown sampler {self.sampler!r}; choose one of {', '.join(samplers)}"
+            )
+        if self.schedule not in SCHEDULES:
+            raise UsageError(
+                f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}"
+            )
+        if self.num_images < 1:
+            raise UsageError(f"num_images must be at least 1, got {self.num_images}")
+        if not self.prompts:
+            raise UsageError("give at least one prompt")
+        for name, side in (("height", self.height), ("width", self.width)):
+            if side is not None and (side <= 0 or side % latent_factor):
+                raise UsageError(
+                    f"{name} must be a positive multiple of {latent_factor} "
+                    f"(the autoencoder's downsampling factor), got {side}"
+                )

@@ -1,0 +1,156 @@
+"""Training the conditional U-Net on cached autoencoder latents of Shapes World renders.
+
+The latents are computed once (posterior mode × scaling factor) and stored with the token ids
+of each image's caption, so a training step costs only the U-Net (and the small text encoder).
+The text encoder is either trained jointly with the U-Net (as the LDM paper did) or a frozen
+pretrained tower (as Stable Diffusion freezes CLIP): `LatentDiffusionModel.train_text_encoder`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from latentdiff.checkpoints.bundle import Components, save_components
+from latentdiff.config import DiffusionConfig, ModelConfig
+from latentdiff.errors import UsageError
+from latentdiff.models.autoencoder import Autoencoder
+from latentdiff.models.text_encoder import TextEncoder
+from latentdiff.models.tokenizer import Tokenizer
+from latentdiff.models.unet import UNet
+from latentdiff.pipelines.common import images_to_tensor
+from latentdiff.training.checkpoint import load_weights, save_weights
+from latentdiff.training.losses import diffusion_loss
+from latentdiff.training.trainer import Trainer, derive_seed, shard_indices
+from latentdiff.world.render import render_batch
+
+_CACHE_DATA = 20  # seed-stream tag of the cached training scenes
+
+
+class LatentDiffusionModel(nn.Module):
+    """U-Net + text encoder behind one `forward`, so DDP synchronises both."""
+
+    def __init__(self, unet: UNet, text_encoder: TextEncoder, *, train_text_encoder: bool):
+        super().__init__()
+        self.unet, self.text_encoder = unet, text_encoder
+        self.train_text_encoder = train_text_encoder
+        text_encoder.requires_grad_(train_text_encoder)
+
+    def forward(self, x_t: Tensor, t: Tensor, input_ids: Tensor) -> Tensor:
+        with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
+            context = self.text_encoder(input_ids)  # (B, L, D)
+        return self.unet(x_t, t, context)
+
+
+@dataclass(frozen=True)
+class DiffusionObjective:
+    """`loss_fn` for the trainer: the diffusion loss with classifier-free condition dropout."""
+
+    config: DiffusionConfig
+    empty_ids: Tensor
+    """Token ids of the empty prompt: the "unconditional" input that CFG contrasts against."""
+    cond_drop_prob: float = 0.1
+    weighting: Literal["none", "min_snr"] = "min_snr"
+
+    def __call__(
+        self, model: nn.Module, batch: tuple[Tensor, Tensor], generator: torch.Generator
+    ) -> Tensor:
+        latents, ids = batch
+        drop = torch.rand(ids.shape[0], generator=generator, device=ids.device)
+        ids = torch.where(
+            (drop < self.cond_drop_prob)[:, None], self.empty_ids.to(ids.device), ids
+        )
+        # The model takes token ids where a bare U-Net takes context: it encodes them itself.
+        return diffusion_loss(
+            model, latents, ids, self.config, generator=generator, weighting=self.weighting
+        )
+
+
+@dataclass(frozen=True)
+class LatentCache:
+    """Diffusion-space latents (N, C, h, w) and caption token ids (N, L) of N training scenes."""
+
+    latents: Tensor
+    input_ids: Tensor
+    scaling_factor: float
+
+    def batches(self, batch_size: int, seed: int):
+        """`batches(step, shard, num_shards)` over the cache, epoch after seeded epoch."""
+
+        def batch(step: int, shard: int, num_shards: int) -> tuple[Tensor, Tensor]:
+            indices = shard_indices(
+                step,
+                shard,
+                num_shards,
+                batch_size=batch_size,
+                num_samples=len(self.latents),
+                seed=seed,
+            )
+            return self.latents[indices].float(), self.input_ids[indices]
+
+        return batch
+
+    def save(self, path: Path) -> None:
+        save_weights(
+            path,
+            {"latents": self.latents, "input_ids": self.input_ids},
+            metadata={"scaling_factor": repr(self.scaling_factor)},
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> LatentCache:
+        tensors, metadata = load_weights(path)
+        if {"latents", "input_ids"} - set(tensors) or "scaling_factor" not in metadata:
+            raise UsageError(f"{path} is not a latent cache (latents, input_ids, scaling_factor)")
+        return cls(tensors["latents"], tensors["input_ids"], float(metadata["scaling_factor"]))
+
+
+@torch.no_grad()
+def build_latent_cache(
+    autoencoder: Autoencoder,
+    tokenizer: Tokenizer,
+    *,
+    num_samples: int,
+    size: int,
+    context_length: int,
+    seed: int,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> LatentCache:
+    """Render `num_samples` training scenes, encode them once, and fix the latent scale.
+
+    The scaling factor is 1 / std of the unscaled latents, so that diffusion sees unit variance
+    (how SD's 0.18215 was chosen).
+    """
+    device = next(autoencoder.parameters()).device
+    latents, ids = [], []
+    for start in tqdm(range(0, num_samples, batch_size), disable=not progress, desc="latents"):
+        n = min(batch_size, num_samples - start)
+        images, scenes = render_batch(n, size, derive_seed(_CACHE_DATA, seed, start))
+        posterior = autoencoder.encode(images_to_tensor(images).to(device))
+        latents.append(posterior.mode().cpu())
+        ids.append(tokenizer.encode([s.caption for s in scenes], context_length))
+    z = torch.cat(latents)
+    scaling_factor = float(1.0 / z.float().std())
+    return LatentCache((z * scaling_factor).half(), torch.cat(ids), scaling_factor)
+
+
+def export_bundle(
+    trainer: Trainer,
+    config: ModelConfig,
+    autoencoder: Autoencoder,
+    tokenizer: Tokenizer,
+    folder: Path,
+) -> None:
+    """Write the model folder `load_pipeline` reads, with the trainer's (EMA) weights."""
+    trained = LatentDiffusionModel(
+        UNet(config.unet), TextEncoder(config.text_encoder), train_text_encoder=False
+    )
+    trained.load_state_dict(trainer.final_state_dict())
+    components = Components(config, autoencoder, trained.unet, trained.text_encoder, tokenizer)
+    save_components(components, folder)

@@ -1,0 +1,206 @@
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from latentdiff.config import tiny_config
+from latentdiff.errors import UsageError
+from latentdiff.models.autoencoder import Autoencoder, DiagonalGaussian
+from latentdiff.models.text_encoder import TextEncoder
+from latentdiff.models.tokenizer import BOS_ID, EOS_ID, Tokenizer
+from latentdiff.models.unet import UNet
+from latentdiff.training.checkpoint import save_weights
+from latentdiff.training.unet import (
+    DiffusionObjective,
+    LatentCache,
+    LatentDiffusionModel,
+    build_latent_cache,
+)
+
+CONFIG = tiny_config()
+CONTEXT = CONFIG.text_encoder.context_length
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir: Path) -> Tokenizer:
+    return Tokenizer.load(tiny_model_dir / "tokenizer.json")
+
+
+def test_latent_cache_save_load_round_trip(tmp_path: Path) -> None:
+    cache = LatentCache(
+        torch.randn(5, 4, 3, 3).half(), torch.randint(0, 60, (5, CONTEXT)), 0.123456789012345
+    )
+    cache.save(tmp_path / "latents.safetensors")
+    loaded = LatentCache.load(tmp_path / "latents.safetensors")
+    assert torch.equal(loaded.latents, cache.latents) and loaded.latents.dtype == torch.float16
+    assert torch.equal(loaded.input_ids, cache.input_ids)
+    assert loaded.scaling_factor == cache.scaling_factor
+
+
+def test_a_file_that_is_not_a_cache_is_a_usage_error(tmp_path: Path) -> None:
+    save_weights(tmp_path / "other.safetensors", {"latents": torch.zeros(2)})
+    with pytest.raises(UsageError, match="is not a latent cache"):
+        LatentCache.load(tmp_path / "other.safetensors")
+
+
+class AffineStandIn(nn.Module):
+    """An "autoencoder" whose posterior mode is 3·(2×2-pooled image) + 1; records its outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()))
+        self.modes: list[torch.Tensor] = []
+
+    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
+        mode = 3 * nn.functional.avg_pool2d(x, 2) + 1  # (B, 3, h, w)
+        self.modes.append(mode)
+        return DiagonalGaussian(torch.cat([mode, torch.zeros_like(mode)], dim=1))
+
+
+def test_cache_scales_latents_by_one_over_their_std(tokenizer: Tokenizer) -> None:
+    stand_in = AffineStandIn()
+    cache = build_latent_cache(
+        stand_in, tokenizer, num_samples=7, size=16, context_length=CONTEXT, seed=0,
+        batch_size=3, progress=False,
+    )  # fmt: skip
+    assert [len(m) for m in stand_in.modes] == [3, 3, 1]
+    unscaled = torch.cat(stand_in.modes)
+    assert cache.scaling_factor == pytest.approx(1 / unscaled.std().item(), rel=1e-6)
+    assert cache.latents.dtype == torch.float16 and cache.latents.shape == (7, 3, 8, 8)
+    assert torch.equal(cache.latents, (unscaled * cache.scaling_factor).half())
+    assert cache.input_ids.shape == (7, CONTEXT)
+    assert (cache.input_ids[:, 0] == BOS_ID).all()
+    assert ((cache.input_ids == EOS_ID).sum(dim=1) == 1).all()
+
+
+def test_cache_of_a_real_autoencoder_has_unit_std(tokenizer: Tokenizer) -> None:
+    torch.manual_seed(0)
+    autoencoder = Autoencoder(CONFIG.autoencoder).eval()
+    cache = build_latent_cache(
+        autoencoder, tokenizer, num_samples=8, size=16, context_length=CONTEXT, seed=1,
+        progress=False,
+    )  # fmt: skip
+    assert cache.latents.shape == (8, CONFIG.autoencoder.latent_channels, 8, 8)
+    assert cache.latents.float().std().item() == pytest.approx(1.0, abs=1e-3)
+    again = build_latent_cache(
+        autoencoder, tokenizer, num_samples=8, size=16, context_length=CONTEXT, seed=1,
+        progress=False,
+    )  # fmt: skip
+    assert torch.equal(again.latents, cache.latents)
+    assert torch.equal(again.input_ids, cache.input_ids)
+
+
+def numbered_cache(n: int = 8) -> LatentCache:
+    """Sample i has latents all i and ids all i, so a batch shows which samples it holds."""
+    index = torch.arange(n, dtype=torch.float16)
+    latents = index[:, None, None, None].expand(n, 2, 2, 2).clone()
+    return LatentCache(latents, torch.arange(n)[:, None].expand(n, CONTEXT).clone(), 1.0)
+
+
+def sample_ids(batch: tuple[torch.Tensor, torch.Tensor]) -> list[int]:
+    latents, ids = batch
+    assert latents.dtype == torch.float32
+    assert torch.equal(latents[:, 0, 0, 0].long(), ids[:, 0])  # latents and captions paired
+    return ids[:, 0].tolist()
+
+
+def test_batches_are_deterministic_per_step_and_shard() -> None:
+    batches = numbered_cache().batches(batch_size=4, seed=0)
+    assert sample_ids(batches(5, 1, 2)) == sample_ids(numbered_cache().batches(4, 0)(5, 1, 2))
+    assert sample_ids(batches(5, 0, 2)) + sample_ids(batches(5, 1, 2)) == sample_ids(
+        batches(5, 0, 1)
+    )
+    assert sample_ids(batches(5, 0, 1)) != sample_ids(numbered_cache().batches(4, 1)(5, 0, 1))
+
+
+def test_batches_walk_each_epoch_through_every_sample_once() -> None:
+    batches = numbered_cache().batches(batch_size=4, seed=0)
+    epoch_0 = sample_ids(batches(0, 0, 1)) + sample_ids(batches(1, 0, 1))
+    epoch_1 = sample_ids(batches(2, 0, 1)) + sample_ids(batches(3, 0, 1))
+    assert sorted(epoch_0) == sorted(epoch_1) == list(range(8))
+    assert epoch_0 != epoch_1  # a new permutation each epoch
+
+
+class SpyModel(nn.Module):
+    """Predicts a scaled x_t and records the token ids it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(0.5))
+        self.seen_ids: list[torch.Tensor] = []
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, input_ids: torch.Tensor):
+        self.seen_ids.append(input_ids)
+        return self.scale * x_t
+
+
+EMPTY_IDS = torch.tensor([[BOS_ID, EOS_ID] + [0] * (CONTEXT - 2)])
+
+
+def objective_ids(cond_drop_prob: float, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    spy = SpyModel()
+    objective = DiffusionObjective(CONFIG.diffusion, EMPTY_IDS, cond_drop_prob)
+    latents = torch.randn(len(ids), 4, 2, 2, generator=torch.Generator().manual_seed(2))
+    loss = objective(spy, (latents, ids), torch.Generator().manual_seed(0))
+    assert loss.shape == () and torch.isfinite(loss) and loss > 0
+    (seen,) = spy.seen_ids
+    return seen, loss
+
+
+def caption_ids(n: int) -> torch.Tensor:
+    return torch.randint(4, 60, (n, CONTEXT), generator=torch.Generator().manual_seed(1))
+
+
+def test_cond_drop_one_replaces_every_caption_by_the_empty_prompt() -> None:
+    seen, _ = objective_ids(1.0, caption_ids(6))
+    assert torch.equal(seen, EMPTY_IDS.expand(6, CONTEXT))
+
+
+def test_cond_drop_zero_keeps_every_caption() -> None:
+    ids = caption_ids(6)
+    seen, _ = objective_ids(0.0, ids)
+    assert torch.equal(seen, ids)
+
+
+def test_cond_drop_half_drops_some_captions_reproducibly() -> None:
+    ids = caption_ids(64)
+    seen, loss = objective_ids(0.5, ids)
+    dropped = (seen == EMPTY_IDS).all(dim=1)
+    assert 10 < dropped.sum() < 54
+    assert torch.equal(seen[~dropped], ids[~dropped])
+    again, loss_again = objective_ids(0.5, ids)
+    assert torch.equal(seen, again) and torch.equal(loss, loss_again)
+
+
+def joint_model(train_text_encoder: bool) -> LatentDiffusionModel:
+    torch.manual_seed(0)
+    unet = UNet(CONFIG.unet)
+    with torch.no_grad():  # LDM's init zeroes the output layers, so no gradient would flow back
+        for parameter in unet.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return LatentDiffusionModel(
+        unet, TextEncoder(CONFIG.text_encoder), train_text_encoder=train_text_encoder
+    )
+
+
+def test_joint_model_runs_the_unet_on_the_encoded_captions() -> None:
+    model = joint_model(train_text_encoder=False)
+    x, t, ids = torch.randn(2, 4, 4, 4), torch.tensor([3.0, 700.0]), caption_ids(2)
+    expected = model.unet(x, t, model.text_encoder(ids))
+    torch.testing.assert_close(model(x, t, ids), expected)
+
+
+@pytest.mark.parametrize("train_text_encoder", [False, True])
+def test_text_encoder_is_trained_only_when_asked(train_text_encoder: bool) -> None:
+    model = joint_model(train_text_encoder)
+    model(
+        torch.randn(2, 4, 4, 4), torch.tensor([3.0, 700.0]), caption_ids(2)
+    ).square().sum().backward()
+    text_grads = [p.grad for p in model.text_encoder.parameters()]
+    if train_text_encoder:
+        assert any(g is not None and g.abs().sum() > 0 for g in text_grads)
+    else:
+        assert all(g is None for g in text_grads)
+        assert not any(p.requires_grad for p in model.text_encoder.parameters())
+    assert model.unet.conv_out.weight.grad.abs().sum() > 0
