@@ -1,0 +1,163 @@
+"""The KL autoencoder of latent diffusion (Rombach et al. 2022): image ↔ latent, downsampling f.
+
+The encoder predicts a diagonal Gaussian posterior q(z | x) with 2·latent_channels moments; the
+decoder maps a latent back to pixels. Images are in [-1, 1].
+
+`encode`/`decode` work on the autoencoder's own latent scale. Diffusion runs on latents
+multiplied by `AutoencoderConfig.scaling_factor` (SD: 0.18215), and that multiplication belongs
+to the callers — `pipelines.common.encode_images` multiplies, `decode_latents` divides, and so
+does training when it makes latents — so that the module stays the plain autoencoder that
+checkpoints describe.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from latentdiff.config import AutoencoderConfig
+from latentdiff.models.attention import SpatialSelfAttention
+from latentdiff.models.layers import Downsample, ResBlock, Upsample
+
+NORM_EPS = 1e-6
+"""GroupNorm epsilon of every autoencoder normalisation (the U-Net uses 1e-5)."""
+
+
+class DiagonalGaussian:
+    """q(z | x) = N(mean, diag(exp(logvar))), from moments (B, 2C, h, w) split along channels."""
+
+    def __init__(self, moments: Tensor) -> None:
+        self.mean, logvar = moments.chunk(2, dim=1)
+        self.logvar = logvar.clamp(-30.0, 20.0)  # keeps exp() finite, as in LDM
+        self.std = torch.exp(0.5 * self.logvar)
+        self.var = torch.exp(self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        """z = mean + std · ε (reparameterised, so gradients reach the encoder)."""
+        device = generator.device if generator is not None else self.mean.device
+        eps = torch.randn(
+            self.mean.shape, generator=generator, device=device, dtype=self.mean.dtype
+        )
+        return self.mean + self.std * eps.to(self.mean.device)
+
+    def mode(self) -> Tensor:
+        return self.mean
+
+    def kl(self) -> Tensor:
+        """KL(q ‖ N(0, I)) summed over latent dimensions: (B,)."""
+        return 0.5 * (self.mean.square() + self.var - 1.0 - self.logvar).sum(dim=(1, 2, 3))
+
+
+class MidBlock(nn.Module):
+    """ResBlock, single-head self-attention over pixels, ResBlock (at the lowest resolution)."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.res1 = ResBlock(channels, channels, groups=groups, eps=NORM_EPS)
+        self.attn = SpatialSelfAttention(channels, groups=groups)
+        self.res2 = ResBlock(channels, channels, groups=groups, eps=NORM_EPS)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.res2(self.attn(self.res1(x)))
+
+
+class Level(nn.Module):
+    """One resolution level: ResBlocks, then an optional down- or upsampling."""
+
+    def __init__(self, resnets: list[ResBlock], resample: nn.Module | None) -> None:
+        super().__init__()
+        self.resnets = nn.ModuleList(resnets)
+        self.resample = resample
+
+    def forward(self, x: Tensor) -> Tensor:
+        for resnet in self.resnets:
+            x = resnet(x)
+        return x if self.resample is None else self.resample(x)
+
+
+class Encoder(nn.Module):
+    """x (B, 3, H, W) → posterior moments (B, 2·latent_channels, H/f, W/f)."""
+
+    def __init__(self, config: AutoencoderConfig) -> None:
+        super().__init__()
+        channels, groups = config.block_channels, config.norm_groups
+        self.conv_in = nn.Conv2d(config.in_channels, channels[0], 3, padding=1)
+        self.down = nn.ModuleList()
+        previous = channels[0]
+        for level, width in enumerate(channels):
+            resnets = [
+                ResBlock(previous if i == 0 else width, width, groups=groups, eps=NORM_EPS)
+                for i in range(config.layers_per_block)
+            ]
+            last = level == len(channels) - 1
+            self.down.append(Level(resnets, None if last else Downsample(width, asymmetric=True)))
+            previous = width
+        self.mid = MidBlock(channels[-1], groups)
+        self.norm_out = nn.GroupNorm(groups, channels[-1], eps=NORM_EPS)
+        self.conv_out = nn.Conv2d(channels[-1], 2 * config.latent_channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv_in(x)  # (B, C0, H, W)
+        for level in self.down:
+            h = level(h)
+        h = self.mid(h)  # (B, C_last, H/f, W/f)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """z (B, latent_channels, h, w) → x (B, 3, f·h, f·w); one more ResBlock per level than the encoder."""
+
+    def __init__(self, config: AutoencoderConfig) -> None:
+        super().__init__()
+        channels, groups = config.block_channels[::-1], config.norm_groups
+        self.conv_in = nn.Conv2d(config.latent_channels, channels[0], 3, padding=1)
+        self.mid = MidBlock(channels[0], groups)
+        self.up = nn.ModuleList()  # lowest resolution first, in the order they run
+        previous = channels[0]
+        for level, width in enumerate(channels):
+            resnets = [
+                ResBlock(previous if i == 0 else width, width, groups=groups, eps=NORM_EPS)
+                for i in range(config.layers_per_block + 1)
+            ]
+            last = level == len(channels) - 1
+            self.up.append(Level(resnets, None if last else Upsample(width)))
+            previous = width
+        self.norm_out = nn.GroupNorm(groups, channels[-1], eps=NORM_EPS)
+        self.conv_out = nn.Conv2d(channels[-1], config.in_channels, 3, padding=1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.mid(self.conv_in(z))  # (B, C_last, h, w)
+        for level in self.up:
+            h = level(h)
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, 3, f·h, f·w)
+
+
+class Autoencoder(nn.Module):
+    """Encoder + 1×1 quant_conv → posterior; 1×1 post_quant_conv + decoder → image (as in SD)."""
+
+    def __init__(self, config: AutoencoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        moments = 2 * config.latent_channels
+        self.encoder = Encoder(config)
+        self.quant_conv = nn.Conv2d(moments, moments, 1)
+        self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 1)
+        self.decoder = Decoder(config)
+
+    def encode(self, x: Tensor) -> DiagonalGaussian:
+        return DiagonalGaussian(self.quant_conv(self.encoder(x)))
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.decoder(self.post_quant_conv(z))
+
+    def forward(
+        self,
+        x: Tensor,
+        sample_posterior: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, DiagonalGaussian]:
+        """Reconstruction of x and the posterior (whose `kl()` the training loss needs)."""
+        posterior = self.encode(x)
+        z = posterior.sample(generator) if sample_posterior else posterior.mode()
+        return self.decode(z), posterior
