@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from latentdiff.errors import UsageError
 
 SCHEDULES = ("default", "karras")
+MAX_SEED = 2**64 - 1
+"""The largest seed a torch.Generator takes."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,10 @@ class GenerationRequest:
             raise UsageError(f"num_images must be at least 1, got {self.num_images}")
         if not self.prompts:
             raise UsageError("give at least one prompt")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED - len(self.prompts) + 1:
+            raise UsageError(
+                f"seed must be between 0 and {MAX_SEED} (image k uses seed + k), got {self.seed}"
+            )
         for name, side in (("height", self.height), ("width", self.width)):
             if side is not None and (side <= 0 or side % latent_factor):
                 raise UsageError(

@@ -1,0 +1,173 @@
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from latentdiff import __version__
+from latentdiff.cli import main
+from latentdiff.pipelines.pipeline import Pipeline, load_pipeline
+
+FAST = ["--steps", "2", "--sampler", "ddim", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model_dir: Path) -> Pipeline:
+    return load_pipeline(tiny_model_dir, device="cpu")
+
+
+def generate(model: Path, *args: str) -> int:
+    return main(["generate", "--model", str(model), *FAST, *args])
+
+
+def read_png(path: Path) -> tuple[np.ndarray, str]:
+    with Image.open(path) as image:
+        return np.array(image.convert("RGB")), image.text["parameters"]
+
+
+def test_single_prompt_writes_the_png_with_its_parameters(
+    tiny_model_dir: Path, pipe: Pipeline, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    output = tmp_path / "circle.png"
+    status = generate(
+        tiny_model_dir, "a red circle", "--negative-prompt", "a blue square",
+        "--seed", "7", "--guidance-scale", "4.5", "--output", str(output),
+    )  # fmt: skip
+    assert status == 0
+    assert capsys.readouterr().err == ""
+    pixels, parameters = read_png(output)
+    assert parameters == (
+        "a red circle\n"
+        "Negative prompt: a blue square\n"
+        "Steps: 2, Sampler: DDIM, Schedule type: Automatic, CFG scale: 4.5, Seed: 7, "
+        f"Size: 16x16, Model: {tiny_model_dir.name}, Version: latentdiff {__version__}"
+    )
+    (expected,) = pipe(
+        "a red circle", negative_prompt="a blue square", num_inference_steps=2,
+        guidance_scale=4.5, sampler="ddim", seed=7,
+    )  # fmt: skip
+    assert np.array_equal(pixels, np.array(expected))
+
+
+def test_size_schedule_and_num_images(tiny_model_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "wide.png"
+    status = generate(
+        tiny_model_dir, "a red circle", "--seed", "3", "--width", "32", "--height", "8",
+        "--schedule", "karras", "--num-images", "2", "--output", str(output),
+    )  # fmt: skip
+    assert status == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wide-00000.png", "wide-00001.png"]
+    for k in range(2):
+        pixels, parameters = read_png(tmp_path / f"wide-0000{k}.png")
+        assert pixels.shape == (8, 32, 3)
+        assert f"Schedule type: Karras, CFG scale: 5, Seed: {3 + k}, Size: 32x8," in parameters
+
+
+def test_prompts_file_writes_one_png_per_line_in_order(
+    tiny_model_dir: Path, pipe: Pipeline, tmp_path: Path
+) -> None:
+    lines = ["a red circle", "two blue squares", "a green triangle on the right"]
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text(lines[0] + "\n\n" + "\n".join(lines[1:]) + "\n")  # blank line skipped
+    outdir = tmp_path / "out" / "nested"
+    status = generate(
+        tiny_model_dir, "--prompts-file", str(prompts_file), "--outdir", str(outdir),
+        "--seed", "100", "--batch-size", "2",
+    )  # fmt: skip
+    assert status == 0
+    assert sorted(p.name for p in outdir.iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    for i, line in enumerate(lines):
+        pixels, parameters = read_png(outdir / f"{i:05d}.png")
+        assert parameters.splitlines()[0] == line
+        assert f", Seed: {100 + i}, " in parameters  # image k uses seed + k
+        (lone,) = pipe(line, num_inference_steps=2, sampler="ddim", seed=100 + i)
+        # Batched and lone runs start from the same noise; CPU kernels may round one pixel
+        # level differently at another batch size (see tests/pipelines/test_pipeline.py).
+        assert np.abs(pixels.astype(int) - np.array(lone)).max() <= 1
+
+
+@pytest.fixture
+def corrupt_model(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "corrupt"))
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return folder
+
+
+P = "a red circle"
+BAD_INPUTS = {  # case: (arguments after the model and FAST, expected message)
+    "steps 0": ([P, "--steps", "0"], "steps must be at least 1"),
+    "guidance nan": ([P, "--guidance-scale", "nan"], "guidance scale must be a finite number"),
+    "unknown sampler": ([P, "--sampler", "plms"], "unknown sampler 'plms'"),
+    "width not a multiple": ([P, "--width", "17"], "width must be a positive multiple of 2"),
+    "num images 0": ([P, "--num-images", "0"], "num_images must be at least 1"),
+    "seed too large": ([P, "--seed", str(2**64)], "seed must be between 0 and"),
+    "missing model": ([P, "--model", "{tmp}/no-such-model"], "no model folder"),
+    "corrupt weights": ([P, "--model", "{corrupt}"], "cannot read weights"),
+    "output dir missing": ([P, "--output", "{tmp}/no-dir/x.png"], "does not exist"),
+    "output not png": ([P, "--output", "{tmp}/x.jpg"], "must be a .png file"),
+    "outdir under a file": (
+        ["--prompts-file", "{prompts}", "--outdir", "{prompts}/out"],
+        "cannot create output folder",
+    ),
+    "prompt and file": ([P, "--prompts-file", "{prompts}", "--outdir", "{tmp}/d"], "not both"),
+    "file without outdir": (["--prompts-file", "{prompts}"], "needs --outdir"),
+    "missing prompts file": (
+        ["--prompts-file", "{tmp}/none.txt", "--outdir", "{tmp}/d"],
+        "cannot read prompts file",
+    ),
+    "empty prompts file": (["--prompts-file", "{empty}", "--outdir", "{tmp}/d"], "has no prompts"),
+    "no prompt": ([], "give a prompt"),
+    "batch size 0": ([P, "--batch-size", "0"], "--batch-size must be at least 1"),
+}
+
+
+def assert_one_line_error(capsys: pytest.CaptureFixture, status: int, message: str) -> None:
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert err.startswith("latentdiff generate: error: ")
+    assert message in err
+    assert "Traceback" not in err
+
+
+def pngs_under(folder: Path) -> list[Path]:
+    return list(folder.rglob("*.png"))
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    case: str,
+    tiny_model_dir: Path,
+    corrupt_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    prompts, empty = tmp_path / "prompts.txt", tmp_path / "empty.txt"
+    prompts.write_text("a red circle\n")
+    empty.write_text("\n  \n")
+    extra, message = BAD_INPUTS[case]
+    places = {"tmp": tmp_path, "corrupt": corrupt_model, "prompts": prompts, "empty": empty}
+    extra = [arg.format(**places) for arg in extra]
+    args = ["generate", "--model", str(tiny_model_dir), *FAST, "--output", str(tmp_path / "o.png")]
+    status = main([*args, *extra])
+    assert_one_line_error(capsys, status, message)
+    assert pngs_under(tmp_path) == []
+
+
+def test_read_only_output_folder_is_one_line_exit_2(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("running as a user (root) who can write to read-only folders")
+        status = generate(tiny_model_dir, "a red circle", "--output", str(folder / "x.png"))
+        assert_one_line_error(capsys, status, "is not writable")
+        assert pngs_under(folder) == []
+    finally:
+        folder.chmod(0o755)

@@ -1,0 +1,153 @@
+import contextlib
+import io
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from latentdiff.cli import main
+from latentdiff.config import AutoencoderConfig, from_dict, tiny_config
+from latentdiff.pipelines.pipeline import load_pipeline
+from latentdiff.training.checkpoint import load_weights
+from latentdiff.training.unet import LatentCache
+
+COMMON = ["--preset", "tiny", "--batch-size", "4", "--checkpoint-every", "2", "--no-progress"]
+COMMON += ["--device", "cpu"]
+
+
+def train(*args: str) -> tuple[int, str]:
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = main(["train", *args])
+    return status, stdout.getvalue()
+
+
+def loss_records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "loss.jsonl").read_text().splitlines()]
+
+
+@dataclass
+class AutoencoderRun:
+    folder: Path
+    first_records: list[dict]
+    outputs: list[tuple[int, str]]
+
+
+@pytest.fixture(scope="module")
+def autoencoder_run(tmp_path_factory: pytest.TempPathFactory) -> AutoencoderRun:
+    """`train autoencoder` for 3 steps, then the same command with --steps 5 (a resume)."""
+    folder = tmp_path_factory.mktemp("autoencoder_run")
+    args = ["autoencoder", *COMMON, "--size", "16", "--output-dir", str(folder)]
+    first = train(*args, "--steps", "3")
+    first_records = loss_records(folder)
+    second = train(*args, "--steps", "5")
+    return AutoencoderRun(folder, first_records, [first, second])
+
+
+@pytest.fixture(scope="module")
+def unet_run(autoencoder_run: AutoencoderRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("unet_run")
+    status, _ = train(
+        "unet", *COMMON, "--autoencoder", str(autoencoder_run.folder), "--cache-size", "32",
+        "--steps", "3", "--output-dir", str(folder),
+    )  # fmt: skip
+    assert status == 0
+    return folder
+
+
+def test_train_autoencoder_writes_weights_config_and_loss_log(
+    autoencoder_run: AutoencoderRun,
+) -> None:
+    folder = autoencoder_run.folder
+    assert [status for status, _ in autoencoder_run.outputs] == [0, 0]
+    assert autoencoder_run.outputs[0][1].startswith("autoencoder: step 3, loss ")
+    assert "PSNR" in autoencoder_run.outputs[0][1]
+    config = json.loads((folder / "autoencoder_config.json").read_text())
+    assert from_dict(AutoencoderConfig, config) == tiny_config().autoencoder
+    weights, _ = load_weights(folder / "autoencoder.safetensors")
+    assert "quant_conv.weight" in weights
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    assert [r["step"] for r in autoencoder_run.first_records] == [2, 3]
+
+
+def test_rerun_with_more_steps_resumes_without_duplicate_steps(
+    autoencoder_run: AutoencoderRun,
+) -> None:
+    records = loss_records(autoencoder_run.folder)
+    assert [r["step"] for r in records] == [2, 3, 4, 5]
+    # Resumed, not restarted: the first session's records are kept as they were written.
+    assert records[:2] == autoencoder_run.first_records
+    assert autoencoder_run.outputs[1][1].startswith("autoencoder: step 5, loss ")
+    latest = (autoencoder_run.folder / "checkpoints" / "latest").read_text().strip()
+    assert latest == "step_000005"
+
+
+def test_train_unet_writes_cache_tokenizer_and_a_loadable_model(
+    autoencoder_run: AutoencoderRun, unet_run: Path
+) -> None:
+    cache = LatentCache.load(unet_run / "latents.safetensors")
+    assert cache.latents.shape == (32, 4, 8, 8)  # tiny: 16 px, f = 2
+    assert cache.input_ids.shape == (32, tiny_config().text_encoder.context_length)
+    assert (unet_run / "tokenizer.json").read_text() == (
+        unet_run / "model" / "tokenizer.json"
+    ).read_text()
+    pipe = load_pipeline(unet_run / "model", device="cpu")
+    assert pipe.components.config.autoencoder.scaling_factor == cache.scaling_factor
+    (image,) = pipe("a red circle", num_inference_steps=2, seed=0)
+    assert image.size == (16, 16)
+    assert np.array(image).std() > 0
+    assert [r["step"] for r in loss_records(unet_run)] == [2, 3]
+
+
+def test_exported_model_holds_the_trained_weights(
+    autoencoder_run: AutoencoderRun, unet_run: Path
+) -> None:
+    bundle, _ = load_weights(unet_run / "model" / "model.safetensors")
+    ema, _ = load_weights(unet_run / "checkpoints" / "step_000003" / "ema.safetensors")
+    autoencoder, _ = load_weights(autoencoder_run.folder / "autoencoder.safetensors")
+    assert set(ema) == {k for k in bundle if not k.startswith("autoencoder.")}
+    for key, tensor in ema.items():
+        assert torch.equal(bundle[key], tensor.half()), key
+    for key, tensor in autoencoder.items():
+        assert torch.equal(bundle[f"autoencoder.{key}"], tensor.half()), key
+
+
+@pytest.fixture
+def broken_autoencoder(autoencoder_run: AutoencoderRun, tmp_path: Path) -> Path:
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    shutil.copy(autoencoder_run.folder / "autoencoder.safetensors", folder)
+    (folder / "autoencoder_config.json").write_text("{ not json")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["autoencoder", "--preset", "huge"], "unknown preset 'huge'"),
+        (["autoencoder", "--batch-size", "6", "--grad-accum", "4"], "does not split into 4"),
+        (["autoencoder", "--steps", "0"], "steps must be at least 1"),
+        (["autoencoder", "--size", "15"], "--size must be"),
+        (["unet", "--autoencoder", "{tmp}/no-such-run"], "holds no finished autoencoder run"),
+        (["unet", "--autoencoder", "{broken}"], "cannot read"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(
+    args: list[str],
+    message: str,
+    broken_autoencoder: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    args = [arg.format(tmp=tmp_path, broken=broken_autoencoder) for arg in args]
+    base = ["--preset", "tiny", "--no-progress", "--device", "cpu"]
+    status = main(["train", args[0], *base, *args[1:], "--output-dir", str(tmp_path / "run")])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("latentdiff train: error: "), err
+    assert message in err
+    assert not (tmp_path / "run" / "loss.jsonl").exists()

@@ -1,0 +1,35 @@
+"""Fixtures shared across test directories."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+# One thread per test process: `pytest -n 2` already fills both cores, and OpenMP threads that
+# outnumber the cores spin against each other (a 2-step generation went from 0.05 s to 9 s).
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A latentdiff model folder of `tiny_config()` with random weights, built once per session.
+
+    The U-Net's zero-initialised output layers (LDM's init) are perturbed so that the random
+    model's prediction depends on the prompt: otherwise every prompt would give the same image.
+    Tests must not modify the folder (copy it first).
+    """
+    from latentdiff.checkpoints.bundle import build_components, save_components
+    from latentdiff.config import tiny_config
+    from latentdiff.models.tokenizer import build_world_tokenizer
+
+    config = tiny_config()
+    torch.manual_seed(0)
+    tokenizer = build_world_tokenizer(vocab_size=config.text_encoder.vocab_size)
+    components = build_components(config, tokenizer)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in components.unet.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    folder = tmp_path_factory.mktemp("tiny_model")
+    save_components(components, folder)
+    return folder

@@ -1,0 +1,195 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import latentdiff
+from latentdiff.diffusion.samplers import SAMPLERS
+from latentdiff.errors import UsageError
+from latentdiff.pipelines.common import seeded_noise
+from latentdiff.pipelines.pipeline import Pipeline, load_pipeline
+from latentdiff.pipelines.request import SCHEDULES, GenerationRequest
+
+PROMPT = "a red circle on the left"
+DETERMINISTIC_SAMPLERS = ("ddim", "euler", "dpmpp_2m", "heun")
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model_dir: Path) -> Pipeline:
+    return load_pipeline(tiny_model_dir, device="cpu")
+
+
+def pixels(images: list[Image.Image]) -> list[np.ndarray]:
+    return [np.array(image) for image in images]
+
+
+def run(pipe: Pipeline, **kwargs) -> np.ndarray:
+    """The single image of a short run (2 steps) with `kwargs` over defaults."""
+    kwargs = {"prompt": PROMPT, "num_inference_steps": 2, "seed": 0, **kwargs}
+    (image,) = pipe(**kwargs)
+    return np.array(image)
+
+
+def test_load_pipeline_reads_the_folder_onto_the_device(tiny_model_dir: Path) -> None:
+    pipe = latentdiff.load_pipeline(str(tiny_model_dir), device="cpu")
+    assert pipe.device == torch.device("cpu")
+    assert pipe.name == tiny_model_dir.name
+    assert not any(p.requires_grad for p in pipe.components.unet.parameters())
+
+
+def test_model_name_ignores_a_trailing_slash(tiny_model_dir: Path) -> None:
+    assert load_pipeline(f"{tiny_model_dir}/", device="cpu").name == tiny_model_dir.name
+
+
+def test_missing_model_folder_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="no model folder"):
+        load_pipeline(tmp_path / "nowhere", device="cpu")
+
+
+def test_same_seed_gives_identical_pixels(pipe: Pipeline) -> None:
+    first = run(pipe, seed=11)
+    assert first.shape == (16, 16, 3) and first.dtype == np.uint8
+    assert np.array_equal(first, run(pipe, seed=11))
+
+
+def test_different_seeds_give_different_images(pipe: Pipeline) -> None:
+    assert not np.array_equal(run(pipe, seed=11), run(pipe, seed=12))
+
+
+@pytest.mark.parametrize("sampler", ["euler_a", "ddpm"])
+def test_ancestral_samplers_are_reproducible_from_the_seed(pipe: Pipeline, sampler: str) -> None:
+    assert np.array_equal(run(pipe, sampler=sampler, seed=3), run(pipe, sampler=sampler, seed=3))
+    assert not np.array_equal(
+        run(pipe, sampler=sampler, seed=3), run(pipe, sampler=sampler, seed=4)
+    )
+
+
+def test_generator_without_seed_makes_a_run_repeatable(pipe: Pipeline) -> None:
+    """As in diffusers: a seeded `generator` alone fixes the result."""
+    first = run(pipe, seed=None, generator=torch.Generator().manual_seed(5), sampler="euler_a")
+    again = run(pipe, seed=None, generator=torch.Generator().manual_seed(5), sampler="euler_a")
+    other = run(pipe, seed=None, generator=torch.Generator().manual_seed(6), sampler="euler_a")
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_given_latents_equal_to_the_seeded_noise_reproduce_the_seeded_run(pipe: Pipeline) -> None:
+    seeds = [20, 21]
+    shape = (pipe.components.config.unet.in_channels, 8, 8)  # tiny model: 16 px, f = 2
+    seeded = pixels(pipe(PROMPT, num_inference_steps=2, seed=20, num_images=2))
+    given = pixels(
+        pipe(PROMPT, num_inference_steps=2, seed=20, num_images=2,
+             latents=seeded_noise(shape, seeds, torch.device("cpu")))
+    )  # fmt: skip
+    other = pixels(
+        pipe(PROMPT, num_inference_steps=2, seed=20, num_images=2,
+             latents=seeded_noise(shape, [7, 8], torch.device("cpu")))
+    )  # fmt: skip
+    assert all(np.array_equal(a, b) for a, b in zip(given, seeded, strict=True))
+    assert not any(np.array_equal(a, b) for a, b in zip(other, seeded, strict=True))
+
+
+def assert_same_images(batch: list[np.ndarray], lone: list[np.ndarray]) -> None:
+    """Equal up to one level of 8-bit rounding.
+
+    Image k of a batch starts from the same noise as a lone run with seed + k, but CPU
+    convolution kernels round differently at different batch sizes (~1e-6 per U-Net call),
+    which can flip the rounding of a pixel. Another seed changes pixels by ~100 levels.
+    """
+    assert len(batch) == len(lone)
+    for a, b in zip(batch, lone, strict=True):
+        assert np.abs(a.astype(int) - b).max() <= 1
+
+
+@pytest.mark.parametrize("sampler", DETERMINISTIC_SAMPLERS)
+def test_image_k_of_a_batch_equals_a_lone_run_with_seed_plus_k(
+    pipe: Pipeline, sampler: str
+) -> None:
+    batch = pixels(pipe(PROMPT, num_inference_steps=2, sampler=sampler, seed=40, num_images=3))
+    lone = [run(pipe, sampler=sampler, seed=40 + k) for k in range(3)]
+    assert_same_images(batch, lone)
+    assert np.abs(lone[0].astype(int) - lone[1]).max() > 1
+
+
+def test_images_come_per_prompt_in_order(pipe: Pipeline) -> None:
+    prompts = ["a red circle", "two blue squares"]
+    batch = pixels(pipe(prompts, num_inference_steps=2, sampler="ddim", seed=50, num_images=2))
+    lone = [run(pipe, prompt=p, sampler="ddim", seed=50 + k) for k, p in enumerate(
+        [prompts[0], prompts[0], prompts[1], prompts[1]]
+    )]  # fmt: skip
+    assert_same_images(batch, lone)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_every_sampler_and_schedule_gives_images_of_the_requested_size(
+    pipe: Pipeline, sampler: str, schedule: str
+) -> None:
+    images = pipe(
+        PROMPT, num_inference_steps=2, sampler=sampler, schedule=schedule, seed=1,
+        height=32, width=32, num_images=2,
+    )  # fmt: skip
+    assert [(image.mode, image.size) for image in images] == [("RGB", (32, 32))] * 2
+    first, second = pixels(images)
+    assert not np.array_equal(first, second)
+
+
+def test_width_and_height_are_not_swapped(pipe: Pipeline) -> None:
+    (image,) = pipe(PROMPT, num_inference_steps=1, sampler="euler", seed=1, height=16, width=32)
+    assert image.size == (32, 16)
+
+
+def test_karras_schedule_changes_the_result(pipe: Pipeline) -> None:
+    assert not np.array_equal(run(pipe, schedule="karras"), run(pipe, schedule="default"))
+
+
+def test_guidance_scale_one_uses_the_conditional_model_only(pipe: Pipeline) -> None:
+    cond_only = run(pipe, guidance_scale=1.0)
+    assert np.array_equal(cond_only, run(pipe, guidance_scale=1.0, negative_prompt="a square"))
+    assert not np.array_equal(cond_only, run(pipe, guidance_scale=5.0))
+
+
+def test_negative_prompt_changes_the_guided_output(pipe: Pipeline) -> None:
+    plain = run(pipe, guidance_scale=5.0)
+    assert not np.array_equal(plain, run(pipe, guidance_scale=5.0, negative_prompt="a square"))
+    # no negative prompt means the empty one
+    assert np.array_equal(plain, run(pipe, guidance_scale=5.0, negative_prompt=""))
+
+
+def test_prompt_changes_the_output(pipe: Pipeline) -> None:
+    assert not np.array_equal(run(pipe), run(pipe, prompt="three green triangles"))
+
+
+def test_invalid_request_is_a_usage_error(pipe: Pipeline) -> None:
+    with pytest.raises(UsageError, match="width must be a positive multiple of 2"):
+        pipe(PROMPT, num_inference_steps=2, width=15)
+    with pytest.raises(UsageError, match="unknown sampler"):
+        pipe(PROMPT, sampler="lms")
+
+
+def test_empty_prompt_list_is_a_usage_error(pipe: Pipeline) -> None:
+    with pytest.raises(UsageError, match="prompt"):
+        pipe([], num_inference_steps=2)
+
+
+def test_generate_returns_the_parameters_of_each_image(pipe: Pipeline) -> None:
+    request = GenerationRequest(
+        prompt=["a", "b"], negative_prompt=["x", ""], num_inference_steps=2, seed=9
+    )
+    images, parameters = pipe.generate(request)
+    assert len(images) == 2
+    first, second = (text.splitlines() for text in parameters)
+    assert first[:2] == ["a", "Negative prompt: x"]
+    assert second[0] == "b" and len(second) == 2
+    assert ", Seed: 9, Size: 16x16, " in first[2]
+    assert ", Seed: 10, Size: 16x16, " in second[1]
+    assert f"Model: {pipe.name}, " in first[2]
+
+
+def test_generate_reports_the_random_seed_it_used(pipe: Pipeline) -> None:
+    request = GenerationRequest(prompt="a", num_inference_steps=2, sampler="ddim")
+    (image,), (text,) = pipe.generate(request)
+    seed = int(text.split("Seed: ")[1].split(",")[0])
+    assert np.array_equal(np.array(image), run(pipe, prompt="a", sampler="ddim", seed=seed))

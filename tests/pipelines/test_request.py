@@ -1,0 +1,97 @@
+import math
+
+import pytest
+
+from latentdiff.diffusion.samplers import SAMPLERS
+from latentdiff.errors import UsageError
+from latentdiff.pipelines.request import MAX_SEED, SCHEDULES, GenerationRequest
+
+FACTOR = 8
+
+
+def validate(**overrides) -> None:
+    request = GenerationRequest(**{"prompt": "a red circle", **overrides})
+    request.validate(FACTOR, tuple(SAMPLERS))
+
+
+def test_defaults_follow_diffusers_names_and_are_valid() -> None:
+    request = GenerationRequest(prompt="a red circle")
+    assert (request.num_inference_steps, request.guidance_scale) == (20, 5.0)
+    assert (request.sampler, request.schedule, request.num_images) == ("dpmpp_2m", "default", 1)
+    assert request.validate(FACTOR, tuple(SAMPLERS)) is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"num_inference_steps": 0}, "steps"),
+        ({"num_inference_steps": -3}, "steps"),
+        ({"guidance_scale": math.nan}, "guidance scale"),
+        ({"guidance_scale": math.inf}, "guidance scale"),
+        ({"guidance_scale": -math.inf}, "guidance scale"),
+        ({"sampler": "plms"}, "sampler 'plms'"),
+        ({"schedule": "exponential"}, "schedule 'exponential'"),
+        ({"height": 60}, "height"),
+        ({"width": 4}, "width"),
+        ({"width": 0}, "width"),
+        ({"height": -8}, "height"),
+        ({"num_images": 0}, "num_images"),
+        ({"seed": -1}, "seed"),
+        ({"seed": MAX_SEED + 1}, "seed"),
+        ({"seed": MAX_SEED, "num_images": 2}, "seed"),  # image 1 would get seed 2**64
+    ],
+)
+def test_each_bad_value_is_a_usage_error_naming_it(overrides: dict, named: str) -> None:
+    with pytest.raises(UsageError, match=named) as error:
+        validate(**overrides)
+    assert str(next(iter(overrides.values()))) in str(error.value)
+
+
+def test_unknown_sampler_message_lists_the_choices() -> None:
+    with pytest.raises(UsageError) as error:
+        validate(sampler="plms")
+    assert all(name in str(error.value) for name in SAMPLERS)
+
+
+def test_an_empty_prompt_list_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="at least one prompt"):
+        validate(prompt=[])
+
+
+def test_seeds_up_to_the_generator_limit_pass() -> None:
+    validate(seed=0)
+    validate(seed=MAX_SEED)
+    validate(seed=MAX_SEED - 2, num_images=3)
+
+
+def test_sizes_that_are_multiples_of_the_latent_factor_pass() -> None:
+    validate(height=FACTOR, width=5 * FACTOR, guidance_scale=1.0, num_inference_steps=1)
+    for schedule in SCHEDULES:
+        validate(schedule=schedule)
+
+
+def test_prompts_repeat_each_prompt_num_images_times_in_order() -> None:
+    request = GenerationRequest(prompt=["a", "b"], num_images=3)
+    assert request.prompts == ["a", "a", "a", "b", "b", "b"]
+    assert GenerationRequest(prompt="c", num_images=2).prompts == ["c", "c"]
+
+
+def test_negative_prompts_default_to_the_empty_prompt() -> None:
+    request = GenerationRequest(prompt=["a", "b"], num_images=2)
+    assert request.negative_prompts == ["", "", "", ""]
+
+
+def test_one_negative_prompt_applies_to_every_image() -> None:
+    request = GenerationRequest(prompt=["a", "b"], negative_prompt="n", num_images=2)
+    assert request.negative_prompts == ["n", "n", "n", "n"]
+
+
+def test_negative_prompt_per_prompt_expands_like_the_prompts() -> None:
+    request = GenerationRequest(prompt=["a", "b"], negative_prompt=["x", "y"], num_images=2)
+    assert request.negative_prompts == ["x", "x", "y", "y"]
+
+
+def test_negative_prompt_count_mismatch_is_a_usage_error() -> None:
+    request = GenerationRequest(prompt=["a", "b"], negative_prompt=["x", "y", "z"])
+    with pytest.raises(UsageError, match="negative prompt"):
+        _ = request.negative_prompts
