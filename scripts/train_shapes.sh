@@ -6,12 +6,15 @@ set -euo pipefail
 runs="${1:-/work/runs}"
 mkdir -p "$runs"
 
-latentdiff train autoencoder --preset shapes --output-dir "$runs/ae" \
-  --steps 2000 --batch-size 16 --lr 1e-3 --warmup 100 --ema-decay 0.999 \
-  --checkpoint-every 250 --no-progress
+# Autoencoder: 750 steps at a constant 1e-3, then cosine decay to step 2000 (the second command
+# resumes the first run's step-750 checkpoint with the new schedule).
+ae_args=(--preset shapes --output-dir "$runs/ae" --batch-size 16 --lr 1e-3 --warmup 100
+  --ema-decay 0.999 --checkpoint-every 250 --no-progress)
+latentdiff train autoencoder "${ae_args[@]}" --steps 750
+latentdiff train autoencoder "${ae_args[@]}" --steps 2000 --lr-schedule cosine
 
 latentdiff train unet --preset shapes --autoencoder "$runs/ae" --output-dir "$runs/unet" \
-  --cache-size 100000 --steps "${UNET_STEPS:-3000}" --batch-size 64 --lr 3e-4 --warmup 200 \
+  --cache-size 40000 --steps "${UNET_STEPS:-3000}" --batch-size 64 --lr 3e-4 --warmup 200 \
   --ema-decay 0.998 --checkpoint-every 250 --no-progress
 
 mkdir -p latentdiff/assets/shapes

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     unet = tasks.add_parser("unet", help="train the text-conditional U-Net on cached latents")
     add_common_arguments(unet, steps=20000, batch_size=64, lr=3e-4)
     unet.add_argument("--autoencoder", required=True, help="output dir of `train autoencoder`")
-    unet.add_argument("--cache-size", type=int, default=100_000, help="scenes in the latent cache")
+    unet.add_argument("--cache-size", type=int, default=40_000, help="scenes in the latent cache")
     unet.add_argument("--cond-drop", type=float, default=0.1, help="empty-caption probability")
     unet.add_argument(
         "--text-encoder",
@@ -251,7 +251,9 @@ def run_train_unet(args: argparse.Namespace) -> None:
     )
 
     def on_checkpoint(trainer: Trainer, _: Path) -> None:
-        export_bundle(trainer, model_config, autoencoder, tokenizer, output / "model")
+        # model/ is the latest; snapshots/ keep one per checkpoint for the learning curve.
+        for folder in (output / "model", output / "snapshots" / f"step_{trainer.step:06d}"):
+            export_bundle(trainer, model_config, autoencoder, tokenizer, folder)
 
     trainer = Trainer(
         model,

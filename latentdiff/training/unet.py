@@ -37,7 +37,8 @@ class LatentDiffusionModel(nn.Module):
 
     def __init__(self, unet: UNet, text_encoder: TextEncoder, *, train_text_encoder: bool):
         super().__init__()
-        self.unet, self.text_encoder = unet, text_encoder
+        self.unet = unet.to(memory_format=torch.channels_last)
+        self.text_encoder = text_encoder
         self.train_text_encoder = train_text_encoder
         text_encoder.requires_grad_(train_text_encoder)
 
@@ -62,9 +63,7 @@ class DiffusionObjective:
     ) -> Tensor:
         latents, ids = batch
         drop = torch.rand(ids.shape[0], generator=generator, device=ids.device)
-        ids = torch.where(
-            (drop < self.cond_drop_prob)[:, None], self.empty_ids.to(ids.device), ids
-        )
+        ids = torch.where((drop < self.cond_drop_prob)[:, None], self.empty_ids.to(ids.device), ids)
         # The model takes token ids where a bare U-Net takes context: it encodes them itself.
         return diffusion_loss(
             model, latents, ids, self.config, generator=generator, weighting=self.weighting
@@ -91,7 +90,9 @@ class LatentCache:
                 num_samples=len(self.latents),
                 seed=seed,
             )
-            return self.latents[indices].float(), self.input_ids[indices]
+            # channels_last: oneDNN's convolutions run ~20 % faster in it on CPU.
+            latents = self.latents[indices].float().contiguous(memory_format=torch.channels_last)
+            return latents, self.input_ids[indices]
 
         return batch
 
