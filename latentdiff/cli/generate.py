@@ -23,11 +23,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("prompt", nargs="?", help="the text prompt (or use --prompts-file)")
     parser.add_argument("--negative-prompt", default=None, help="text to steer away from")
     parser.add_argument("--model", default="shapes", help="bundled model name or model folder")
-    parser.add_argument("--sampler", default="dpmpp_2m", help="ddpm, ddim, euler, euler_a, heun, dpmpp_2m")
+    parser.add_argument(
+        "--sampler", default="dpmpp_2m", help="ddpm, ddim, euler, euler_a, heun, dpmpp_2m"
+    )
     parser.add_argument("--schedule", default="default", choices=SCHEDULES, help="sigma spacing")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps")
-    parser.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance")
-    parser.add_argument("--seed", type=int, default=None, help="image k uses seed+k (default: random)")
+    parser.add_argument(
+        "--guidance-scale", type=float, default=5.0, help="classifier-free guidance"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="image k uses seed+k (default: random)"
+    )
     parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
     parser.add_argument("--width", type=int, default=None, help="pixels (default: the model's)")
     parser.add_argument("--height", type=int, default=None, help="pixels (default: the model's)")
@@ -41,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> None:
-    prompts, paths = plan_outputs(args)
+    prompts = plan_prompts(args)
     request = GenerationRequest(
         prompt=prompts,
         negative_prompt=args.negative_prompt,
@@ -62,6 +68,7 @@ def run_generate(args: argparse.Namespace) -> None:
     from latentdiff.pipelines.txt2img import resolve_seeds
 
     request.validate(1, tuple(SAMPLERS))
+    paths = plan_paths(args, len(request.prompts))
     pipeline = load_pipeline(args.model, device=args.device)
     request.validate(pipeline.components.config.autoencoder.downsample_factor, tuple(SAMPLERS))
     seeds = resolve_seeds(request)
@@ -82,29 +89,34 @@ def run_generate(args: argparse.Namespace) -> None:
     progress.close()
 
 
-def plan_outputs(args: argparse.Namespace) -> tuple[list[str], list[Path]]:
-    """The prompts and the file each image goes to; every output folder checked up front."""
+def plan_prompts(args: argparse.Namespace) -> list[str]:
+    """The prompts to generate: the positional one, or the lines of --prompts-file."""
     if args.prompts_file:
         if args.prompt:
             raise UsageError("give a prompt or --prompts-file, not both")
         if not args.outdir:
             raise UsageError("--prompts-file needs --outdir")
-        prompts = read_prompts(Path(args.prompts_file))
-        outdir = Path(args.outdir)
-        ensure_writable_dir(outdir, create=True)
-        n = len(prompts) * args.num_images
-        return prompts, [outdir / f"{k:05d}.png" for k in range(n)]
+        return read_prompts(Path(args.prompts_file))
+    if args.outdir:
+        raise UsageError("--outdir goes with --prompts-file; for one prompt use --output")
     if not args.prompt:
         raise UsageError("give a prompt, or --prompts-file with --outdir")
+    return [args.prompt]
+
+
+def plan_paths(args: argparse.Namespace, n: int) -> list[Path]:
+    """The file each of the `n` images goes to; the output folder is checked (or made) here."""
+    if args.prompts_file:
+        outdir = Path(args.outdir)
+        ensure_writable_dir(outdir, create=True)
+        return [outdir / f"{k:05d}.png" for k in range(n)]
     output = Path(args.output)
     if output.suffix.lower() != ".png":
         raise UsageError(f"--output must be a .png file, got {output}")
     ensure_writable_dir(output.parent, create=False)
-    if args.num_images == 1:
-        return [args.prompt], [output]
-    return [args.prompt], [
-        output.with_name(f"{output.stem}-{k:05d}.png") for k in range(max(args.num_images, 0))
-    ]
+    if n == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{k:05d}.png") for k in range(n)]
 
 
 def read_prompts(path: Path) -> list[str]:

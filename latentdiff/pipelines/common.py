@@ -38,6 +38,7 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def seeded_noise(shape: tuple[int, ...], seeds: list[int], device: torch.device) -> torch.Tensor:
-    """One N(0, I) sample per seed, so image k of a batch equals a lone run with seed k."""
+    """One N(0, I) sample per seed, so with a deterministic sampler image k of a batch equals a
+    lone run with seed k (ancestral samplers also draw fresh noise, from one generator per run)."""
     draws = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
     return torch.stack(draws).to(device)

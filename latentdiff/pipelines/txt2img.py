@@ -22,6 +22,7 @@ from latentdiff.diffusion.samplers import (
     sigmas_for,
 )
 from latentdiff.diffusion.schedules import SchedulerSettings
+from latentdiff.errors import UsageError
 from latentdiff.pipelines.common import encode_prompt, seeded_noise
 from latentdiff.pipelines.request import GenerationRequest
 
@@ -53,7 +54,8 @@ def txt2img_latents(
     if latents is None:
         latents = seeded_noise(shape, seeds, device)
     elif tuple(latents.shape) != (len(seeds), *shape):
-        raise ValueError(f"latents must have shape {(len(seeds), *shape)}, got {latents.shape}")
+        expected = (len(seeds), *shape)
+        raise UsageError(f"latents must have shape {expected}, got {tuple(latents.shape)}")
     if generator is None:  # the ancestral samplers' fresh noise, reproducible from the seed
         generator = torch.Generator(device).manual_seed(seeds[0])
 

@@ -60,4 +60,3 @@ def reconstruction_psnr(
         mse = (pixels - (x + 1) * 127.5).square().mean(dim=(1, 2, 3)).clamp_min(1e-10)
         psnrs.extend((10 * torch.log10(255.0**2 / mse)).tolist())
     return sum(psnrs) / len(psnrs)
-

@@ -6,6 +6,7 @@ import torch
 
 from latentdiff.checkpoints.bundle import Components, load_components
 from latentdiff.diffusion.schedules import SchedulerSettings
+from latentdiff.errors import UsageError
 from latentdiff.pipelines.common import (
     decode_latents,
     encode_images,
@@ -75,7 +76,7 @@ def test_given_seeded_noise_reproduces_the_seeded_run(components: Components) ->
 
 
 def test_latents_of_the_wrong_shape_are_rejected(components: Components) -> None:
-    with pytest.raises(ValueError, match="latents must have shape"):
+    with pytest.raises(UsageError, match="latents must have shape"):
         sample(components, [0], prompt="a", latents=torch.zeros(1, 4, 3, 3))
 
 

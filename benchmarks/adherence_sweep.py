@@ -1,0 +1,119 @@
+"""Prompt adherence across samplers, step counts, guidance scales and training snapshots.
+
+Each row generates the first `--limit` prompts of the evaluation suite (image k with seed k)
+and scores them with the Shapes World evaluator. Results are appended to a JSON-lines file, so
+an interrupted sweep keeps what it measured; `--plot` draws adherence against steps (or, for a
+snapshot sweep, against samples seen).
+
+    python benchmarks/adherence_sweep.py --model shapes --samplers dpmpp_2m,euler,ddim \
+        --steps 5,10,20,40 --guidance 3,5,7 --limit 100 --out docs/adherence.jsonl
+    python benchmarks/adherence_sweep.py --snapshots /work/runs/unet/snapshots --limit 100 \
+        --out docs/learning_curve.jsonl --plot docs/learning_curve.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+from latentdiff.evaluation.adherence import evaluate_adherence
+from latentdiff.evaluation.suite import evaluation_suite
+from latentdiff.pipelines.pipeline import load_pipeline
+from latentdiff.pipelines.request import GenerationRequest
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="shapes")
+    parser.add_argument("--snapshots", default=None, help="folder of step_N model folders")
+    parser.add_argument("--samples-per-step", type=int, default=64, help="for snapshot sweeps")
+    parser.add_argument("--samplers", default="dpmpp_2m")
+    parser.add_argument("--steps", default="20")
+    parser.add_argument("--guidance", default="5")
+    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", required=True, help="JSON-lines results (appended)")
+    parser.add_argument("--plot", default=None, help="PNG of adherence against steps")
+    return parser.parse_args()
+
+
+def models(args: argparse.Namespace) -> list[tuple[str, int | None]]:
+    """(model folder or name, training step or None) for every model of the sweep."""
+    if args.snapshots is None:
+        return [(args.model, None)]
+    folders = sorted(Path(args.snapshots).glob("step_*"))
+    return [(str(f), int(f.name.removeprefix("step_"))) for f in folders]
+
+
+def main() -> None:
+    args = parse_args()
+    prompts = evaluation_suite()[: args.limit]
+    grid = list(
+        itertools.product(
+            args.samplers.split(","),
+            [int(s) for s in args.steps.split(",")],
+            [float(g) for g in args.guidance.split(",")],
+        )
+    )
+    out = Path(args.out)
+    for model, step in models(args):
+        pipeline = load_pipeline(model, device=args.device)
+        for sampler, steps, guidance in grid:
+            request = GenerationRequest(
+                prompt=prompts[0],
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                sampler=sampler,
+                seed=0,
+            )
+            start = time.perf_counter()
+            report = evaluate_adherence(pipeline, prompts, request)
+            row = {
+                "model": model,
+                "train_step": step,
+                "samples_seen": None if step is None else step * args.samples_per_step,
+                "sampler": sampler,
+                "steps": steps,
+                "guidance_scale": guidance,
+                "prompts": len(prompts),
+                **{k: None if v is None else round(v, 4) for k, v in report.to_dict().items()},
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+            print(json.dumps(row), flush=True)
+            with out.open("a") as file:
+                file.write(json.dumps(row) + "\n")
+    if args.plot:
+        plot(out, Path(args.plot), snapshots=args.snapshots is not None)
+
+
+def plot(results: Path, png: Path, *, snapshots: bool) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    x_key = "samples_seen" if snapshots else "steps"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    groups = sorted({(r["sampler"], r["guidance_scale"]) for r in rows})
+    for sampler, guidance in groups:
+        line = sorted(
+            (r[x_key], r["overall"])
+            for r in rows
+            if (r["sampler"], r["guidance_scale"]) == (sampler, guidance)
+        )
+        ax.plot(*zip(*line, strict=True), marker="o", label=f"{sampler}, CFG {guidance:g}")
+    ax.set_xlabel("training samples seen" if snapshots else "sampling steps")
+    ax.set_ylabel("adherence (overall)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
