@@ -204,10 +204,6 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
         raise UsageError(f"{cls.__name__}: {error}") from None
 
 
-def save_config(config: Any, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-
-
 def load_model_config(path: str | Path) -> ModelConfig:
     try:
         data = json.loads(Path(path).read_text())

@@ -7,7 +7,6 @@ and names the first problem, so a bad file never half-loads.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from latentdiff.models.autoencoder import Autoencoder
 from latentdiff.models.text_encoder import TextEncoder
 from latentdiff.models.tokenizer import Tokenizer
 from latentdiff.models.unet import UNet
-from latentdiff.training.checkpoint import atomic_write, load_weights, save_weights
+from latentdiff.training.checkpoint import atomic_write, load_weights, save_weights, write_json
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -103,8 +102,7 @@ def save_components(
         for key, tensor in module.state_dict().items()
     }
     save_weights(folder / WEIGHTS_FILE, state, dtype=dtype)
-    config_json = json.dumps(components.config.to_dict(), indent=2) + "\n"
-    atomic_write(folder / CONFIG_FILE, lambda tmp: tmp.write_text(config_json))
+    write_json(folder / CONFIG_FILE, components.config.to_dict())
     atomic_write(folder / TOKENIZER_FILE, components.tokenizer.save)
 
 

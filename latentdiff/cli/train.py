@@ -108,7 +108,7 @@ def run_train_autoencoder(args: argparse.Namespace) -> None:
         autoencoder_loss,
         reconstruction_psnr,
     )
-    from latentdiff.training.checkpoint import atomic_write, save_weights
+    from latentdiff.training.checkpoint import save_weights, write_json
     from latentdiff.training.trainer import Trainer
 
     config = train_config(args)
@@ -130,8 +130,7 @@ def run_train_autoencoder(args: argparse.Namespace) -> None:
         return
     output = Path(args.output_dir)
     save_weights(output / AUTOENCODER_FILE, trainer.final_state_dict())
-    text = json.dumps(dataclasses.asdict(ae_config), indent=2) + "\n"
-    atomic_write(output / AUTOENCODER_CONFIG_FILE, lambda tmp: tmp.write_text(text))
+    write_json(output / AUTOENCODER_CONFIG_FILE, dataclasses.asdict(ae_config))
     model.load_state_dict(trainer.final_state_dict())
     psnr = reconstruction_psnr(model.eval(), size=args.size)
     print(
@@ -143,7 +142,7 @@ def run_train_autoencoder(args: argparse.Namespace) -> None:
 def run_train_clip(args: argparse.Namespace) -> None:
     from latentdiff.models.clip import CLIP, default_clip_config
     from latentdiff.models.tokenizer import build_world_tokenizer
-    from latentdiff.training.checkpoint import atomic_write
+    from latentdiff.training.checkpoint import write_json
     from latentdiff.training.clip import RenderedPairs, clip_objective, evaluate_clip, save_clip
     from latentdiff.training.trainer import Trainer
 
@@ -176,8 +175,7 @@ def run_train_clip(args: argparse.Namespace) -> None:
         "train_distribution": evaluate_clip(model, tokenizer),
         "held_out_pairs": evaluate_clip(model, tokenizer, include_held_out=True),
     }
-    text = json.dumps(metrics, indent=2) + "\n"
-    atomic_write(Path(args.output_dir) / "clip_metrics.json", lambda tmp: tmp.write_text(text))
+    write_json(Path(args.output_dir) / "clip_metrics.json", metrics)
     print(
         f"clip: step {summary.step}, {summary.samples_per_s:.1f} samples/s; {json.dumps(metrics)}"
     )

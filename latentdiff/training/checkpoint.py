@@ -80,6 +80,12 @@ def _raise_unwritable(path: Path, error: BaseException) -> None:
         raise UsageError(f"cannot write {path}: {error}") from None
 
 
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write `data` as indented JSON, atomically (see `atomic_write`)."""
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
 def _temporary_name(path: Path) -> Path:
     # Hidden, beside the target (os.replace is atomic only within one filesystem), unique per
     # process; created by the writer itself so that it gets the usual umask permissions.

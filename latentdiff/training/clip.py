@@ -30,6 +30,7 @@ from latentdiff.training.checkpoint import (
     load_module_state,
     load_weights,
     save_weights,
+    write_json,
 )
 from latentdiff.training.trainer import derive_seed
 from latentdiff.world.captions import parse_caption
@@ -165,8 +166,7 @@ def save_clip(folder: str | Path, model: CLIP, tokenizer: Tokenizer) -> None:
     except OSError as error:
         raise UsageError(f"cannot create {folder}: {error}") from None
     save_weights(folder / CLIP_WEIGHTS_FILE, model.state_dict(), dtype=torch.float16)
-    text = json.dumps(dataclasses.asdict(model.config), indent=2) + "\n"
-    atomic_write(folder / CLIP_CONFIG_FILE, lambda tmp: tmp.write_text(text))
+    write_json(folder / CLIP_CONFIG_FILE, dataclasses.asdict(model.config))
     atomic_write(folder / TOKENIZER_FILE, tokenizer.save)
 
 
