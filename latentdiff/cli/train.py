@@ -1,4 +1,4 @@
-"""`latentdiff train autoencoder|unet`: every component trained by the one shared Trainer.
+"""`latentdiff train autoencoder|clip|unet`: every component trained by the one shared Trainer.
 
 Each run lives in its `--output-dir` (checkpoints, loss.jsonl, loss.png) and resumes from it
 when started again with the same command; `--steps` may be raised to train further.
@@ -93,6 +93,23 @@ def train_config(args: argparse.Namespace):
         raise UsageError(str(error)) from None
 
 
+def fit(args: argparse.Namespace, config, model, loss_fn, batches, on_checkpoint=None):
+    """Train `model` in `--output-dir` (resuming it) with the shared Trainer → (trainer, summary)."""
+    from latentdiff.training.trainer import Trainer
+
+    trainer = Trainer(
+        model,
+        loss_fn,
+        batches,
+        config,
+        args.output_dir,
+        args.device,
+        progress=not args.no_progress,
+        on_checkpoint=on_checkpoint,
+    )
+    return trainer, trainer.fit()
+
+
 def preset(name: str):
     from latentdiff.config import PRESETS
 
@@ -109,23 +126,14 @@ def run_train_autoencoder(args: argparse.Namespace) -> None:
         reconstruction_psnr,
     )
     from latentdiff.training.checkpoint import save_weights, write_json
-    from latentdiff.training.trainer import Trainer
 
     config = train_config(args)
     ae_config = preset(args.preset).autoencoder
     if args.size < 16 or args.size % ae_config.downsample_factor:
         raise UsageError(f"--size must be ≥ 16 and a multiple of {ae_config.downsample_factor}")
     model = Autoencoder(ae_config)
-    trainer = Trainer(
-        model,
-        autoencoder_loss,
-        RenderedImages(config.batch_size, args.size, config.seed),
-        config,
-        args.output_dir,
-        args.device,
-        progress=not args.no_progress,
-    )
-    summary = trainer.fit()
+    batches = RenderedImages(config.batch_size, args.size, config.seed)
+    trainer, summary = fit(args, config, model, autoencoder_loss, batches)
     if not trainer.dist.is_main:
         return
     output = Path(args.output_dir)
@@ -144,7 +152,6 @@ def run_train_clip(args: argparse.Namespace) -> None:
     from latentdiff.models.tokenizer import build_world_tokenizer
     from latentdiff.training.checkpoint import write_json
     from latentdiff.training.clip import RenderedPairs, clip_objective, evaluate_clip, save_clip
-    from latentdiff.training.trainer import Trainer
 
     config = train_config(args)
     clip_config = default_clip_config()
@@ -157,16 +164,7 @@ def run_train_clip(args: argparse.Namespace) -> None:
         tokenizer,
         clip_config.text.context_length,
     )
-    trainer = Trainer(
-        model,
-        clip_objective,
-        batches,
-        config,
-        args.output_dir,
-        args.device,
-        progress=not args.no_progress,
-    )
-    summary = trainer.fit()
+    trainer, summary = fit(args, config, model, clip_objective, batches)
     if not trainer.dist.is_main:
         return
     model.load_state_dict(trainer.final_state_dict())
@@ -253,17 +251,8 @@ def run_train_unet(args: argparse.Namespace) -> None:
         for folder in (output / "model", output / "snapshots" / f"step_{trainer.step:06d}"):
             export_bundle(trainer, model_config, autoencoder, tokenizer, folder)
 
-    trainer = Trainer(
-        model,
-        objective,
-        cache.batches(config.batch_size, config.seed),
-        config,
-        output,
-        args.device,
-        progress=not args.no_progress,
-        on_checkpoint=on_checkpoint,
-    )
-    summary = trainer.fit()
+    batches = cache.batches(config.batch_size, config.seed)
+    trainer, summary = fit(args, config, model, objective, batches, on_checkpoint=on_checkpoint)
     if trainer.dist.is_main:
         print(
             f"unet: step {summary.step}, loss {summary.final_loss}, "
