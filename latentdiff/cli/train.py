@@ -148,7 +148,8 @@ def run_train_autoencoder(args: argparse.Namespace) -> None:
 
 
 def run_train_clip(args: argparse.Namespace) -> None:
-    from latentdiff.models.clip import CLIP, default_clip_config
+    from latentdiff.config import default_clip_config
+    from latentdiff.models.clip import CLIP
     from latentdiff.models.tokenizer import build_world_tokenizer
     from latentdiff.training.checkpoint import write_json
     from latentdiff.training.clip import RenderedPairs, clip_objective, evaluate_clip, save_clip

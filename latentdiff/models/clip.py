@@ -9,71 +9,16 @@ the basis of the CLIP score and of CLIP-based data filtering.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentdiff.config import PRESETS, TextEncoderConfig
+from latentdiff.config import CLIPConfig, ImageEncoderConfig
 from latentdiff.models.text_encoder import TextEncoder, TransformerBlock
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)  # CLIP's initial temperature τ = 0.07
 LOGIT_SCALE_MAX = 100.0  # CLIP clips exp(logit_scale) here to keep training stable
-
-
-@dataclass(frozen=True)
-class ImageEncoderConfig:
-    """CLIP's image tower: a ViT sized for the 64×64 Shapes World (8×8 patches of 8 px)."""
-
-    image_size: int = 64
-    """Side of the square input; other sizes are resized to it by `clip_score`, else an error."""
-    patch_size: int = 8
-    """Side of a patch = stride of the patch-embedding convolution."""
-    width: int = 128
-    """Hidden width."""
-    layers: int = 4
-    """Transformer layers."""
-    heads: int = 4
-    """Attention heads."""
-    activation: Literal["quick_gelu", "gelu"] = "gelu"
-    """MLP activation."""
-
-    def __post_init__(self) -> None:
-        if self.image_size % self.patch_size:
-            raise ValueError("image_size must be a multiple of patch_size")
-        if self.width % self.heads:
-            raise ValueError("width must be divisible by heads")
-
-    @property
-    def num_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
-
-
-def _shapes_text_config() -> TextEncoderConfig:
-    return PRESETS["shapes"]().text_encoder
-
-
-@dataclass(frozen=True)
-class CLIPConfig:
-    """Both towers and the shared embedding; the defaults are the Shapes World's CLIP."""
-
-    text: TextEncoderConfig = field(default_factory=_shapes_text_config)
-    """Text tower; the `shapes` preset's text encoder, so its weights can condition the U-Net."""
-    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
-    """Image tower."""
-    embed_dim: int = 128
-    """Width of the joint embedding space both towers project into."""
-
-    def __post_init__(self) -> None:
-        if self.embed_dim < 1:
-            raise ValueError("embed_dim must be positive")
-
-
-def default_clip_config() -> CLIPConfig:
-    """The Shapes World CLIP: text 128 wide × 3 layers, ViT 128 × 4 layers on 64×64, embed 128."""
-    return CLIPConfig()
 
 
 class ImageEncoder(nn.Module):

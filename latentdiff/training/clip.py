@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from latentdiff.config import from_dict
+from latentdiff.config import CLIPConfig, from_dict
 from latentdiff.errors import UsageError
-from latentdiff.models.clip import CLIP, CLIPConfig, clip_loss, clip_score
+from latentdiff.models.clip import CLIP, clip_loss, clip_score
 from latentdiff.models.tokenizer import TOKENIZER_FILE, Tokenizer
 from latentdiff.pipelines.common import images_to_tensor
 from latentdiff.training.checkpoint import (

@@ -5,15 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latentdiff.config import PRESETS, TextEncoderConfig, from_dict
-from latentdiff.models.clip import (
-    CLIP,
+from latentdiff.config import (
+    PRESETS,
     CLIPConfig,
     ImageEncoderConfig,
-    clip_loss,
-    clip_score,
+    TextEncoderConfig,
     default_clip_config,
+    from_dict,
 )
+from latentdiff.models.clip import CLIP, clip_loss, clip_score
 from latentdiff.models.text_encoder import TextEncoder
 from latentdiff.models.tokenizer import train_tokenizer
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from latentdiff.config import TextEncoderConfig, TrainConfig
+from latentdiff.config import CLIPConfig, ImageEncoderConfig, TextEncoderConfig, TrainConfig
 from latentdiff.errors import UsageError
-from latentdiff.models.clip import CLIP, CLIPConfig, ImageEncoderConfig
+from latentdiff.models.clip import CLIP
 from latentdiff.models.tokenizer import BOS_ID, TOKENIZER_FILE, build_world_tokenizer
 from latentdiff.training.clip import (
     CLIP_CONFIG_FILE,
