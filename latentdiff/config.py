@@ -36,10 +36,22 @@ class AutoencoderConfig:
     """GroupNorm groups."""
     scaling_factor: float = 0.18215
     """Latents are multiplied by this before diffusion so that they have roughly unit variance."""
+    latents_mean: tuple[float, ...] | None = None
+    """Per-channel mean subtracted before scaling (diffusers' `latents_mean`); None: no shift."""
+    latents_std: tuple[float, ...] | None = None
+    """Per-channel std divided out before scaling (diffusers' `latents_std`); None: 1. A weakly
+    KL-regularised latent can have channels of very different spread; diffusion adds the same
+    noise to each, so an unnormalised small channel is drowned early and decoded from errors."""
     kl_weight: float = 1e-6
     """Weight of the KL term in the autoencoder loss."""
 
     def __post_init__(self) -> None:
+        for name in ("latents_mean", "latents_std"):
+            value = getattr(self, name)
+            _check(
+                value is None or len(value) == self.latent_channels,
+                f"{name} needs one value per latent channel ({self.latent_channels})",
+            )
         _check(len(self.block_channels) >= 1, "block_channels must not be empty")
         _check(
             all(c % self.norm_groups == 0 for c in self.block_channels),

@@ -244,7 +244,7 @@ def run_train_unet(args: argparse.Namespace) -> None:
     )
     model_config = dataclasses.replace(
         model_config,
-        autoencoder=dataclasses.replace(autoencoder.config, scaling_factor=cache.scaling_factor),
+        autoencoder=cache.autoencoder_config(autoencoder.config),
     )
 
     def on_checkpoint(trainer: Trainer, _: Path) -> None:

@@ -3,11 +3,11 @@
 The encoder predicts a diagonal Gaussian posterior q(z | x) with 2·latent_channels moments; the
 decoder maps a latent back to pixels. Images are in [-1, 1].
 
-`encode`/`decode` work on the autoencoder's own latent scale. Diffusion runs on latents
-multiplied by `AutoencoderConfig.scaling_factor` (SD: 0.18215), and that multiplication belongs
-to the callers — `pipelines.common.encode_images` multiplies, `decode_latents` divides, and so
-does training when it makes latents — so that the module stays the plain autoencoder that
-checkpoints describe.
+`encode`/`decode` work on the autoencoder's own latent scale. Diffusion runs on normalised
+latents, (z − latents_mean)·scaling_factor / latents_std (SD: z·0.18215; the per-channel terms
+are diffusers' optional `latents_mean`/`latents_std`). `to_diffusion_latents` and
+`from_diffusion_latents` below are that map; callers apply them (pipelines, latent caching),
+so the module stays the plain autoencoder that checkpoints describe.
 """
 
 from __future__ import annotations
@@ -22,6 +22,25 @@ from latentdiff.models.layers import Downsample, ResBlock, Upsample
 
 NORM_EPS = 1e-6
 """GroupNorm epsilon of every autoencoder normalisation (the U-Net uses 1e-5)."""
+
+
+def to_diffusion_latents(z: Tensor, config: AutoencoderConfig) -> Tensor:
+    """Autoencoder latents → the unit-scale latents diffusion runs on: (z − μ_c)·s / σ_c."""
+    mean, std = _channel_stats(z, config)
+    return (z - mean) * config.scaling_factor / std
+
+
+def from_diffusion_latents(x: Tensor, config: AutoencoderConfig) -> Tensor:
+    """The inverse of `to_diffusion_latents`, applied before decoding."""
+    mean, std = _channel_stats(x, config)
+    return x * std / config.scaling_factor + mean
+
+
+def _channel_stats(z: Tensor, config: AutoencoderConfig) -> tuple[Tensor, Tensor]:
+    shape = (1, -1, 1, 1)
+    mean = torch.tensor(config.latents_mean or 0.0, dtype=z.dtype, device=z.device)
+    std = torch.tensor(config.latents_std or 1.0, dtype=z.dtype, device=z.device)
+    return mean.reshape(shape) if mean.ndim else mean, std.reshape(shape) if std.ndim else std
 
 
 class DiagonalGaussian:

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from latentdiff.checkpoints.bundle import Components
+from latentdiff.models.autoencoder import from_diffusion_latents, to_diffusion_latents
 
 
 @torch.no_grad()
@@ -19,17 +20,17 @@ def encode_prompt(components: Components, prompts: list[str]) -> torch.Tensor:
 
 @torch.no_grad()
 def decode_latents(components: Components, z: torch.Tensor) -> list[Image.Image]:
-    """Diffusion-space latents → PIL images (undoing the latent scale factor first)."""
-    x = components.autoencoder.decode(z / components.config.autoencoder.scaling_factor)
+    """Diffusion-space latents → PIL images (undoing the latent normalisation first)."""
+    x = components.autoencoder.decode(from_diffusion_latents(z, components.config.autoencoder))
     pixels = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return [Image.fromarray(image) for image in pixels.permute(0, 2, 3, 1).cpu().numpy()]
 
 
 @torch.no_grad()
 def encode_images(components: Components, images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1], (B, 3, H, W) → diffusion-space latents (posterior mode × scale)."""
+    """Images in [-1, 1], (B, 3, H, W) → diffusion-space latents (normalised posterior mode)."""
     posterior = components.autoencoder.encode(images)
-    return posterior.mode() * components.config.autoencoder.scaling_factor
+    return to_diffusion_latents(posterior.mode(), components.config.autoencoder)
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:

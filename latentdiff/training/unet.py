@@ -8,7 +8,8 @@ pretrained tower (as Stable Diffusion freezes CLIP): `LatentDiffusionModel.train
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -17,9 +18,9 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from latentdiff.checkpoints.bundle import Components, save_components
-from latentdiff.config import DiffusionConfig, ModelConfig
+from latentdiff.config import AutoencoderConfig, DiffusionConfig, ModelConfig
 from latentdiff.errors import UsageError
-from latentdiff.models.autoencoder import Autoencoder
+from latentdiff.models.autoencoder import Autoencoder, to_diffusion_latents
 from latentdiff.models.text_encoder import TextEncoder
 from latentdiff.models.tokenizer import Tokenizer
 from latentdiff.models.unet import UNet
@@ -72,11 +73,20 @@ class DiffusionObjective:
 
 @dataclass(frozen=True)
 class LatentCache:
-    """Diffusion-space latents (N, C, h, w) and caption token ids (N, L) of N training scenes."""
+    """Diffusion-space latents (N, C, h, w) and caption token ids (N, L) of N training scenes,
+    with the per-channel statistics that normalised them (the model config's `latents_mean`,
+    `latents_std`; scaling_factor 1)."""
 
     latents: Tensor
     input_ids: Tensor
-    scaling_factor: float
+    latents_mean: tuple[float, ...]
+    latents_std: tuple[float, ...]
+
+    def autoencoder_config(self, config: AutoencoderConfig) -> AutoencoderConfig:
+        """`config` with this cache's latent normalisation, for the exported model."""
+        return replace(
+            config, scaling_factor=1.0, latents_mean=self.latents_mean, latents_std=self.latents_std
+        )
 
     def batches(self, batch_size: int, seed: int):
         """`batches(step, shard, num_shards)` over the cache, epoch after seeded epoch."""
@@ -100,15 +110,21 @@ class LatentCache:
         save_weights(
             path,
             {"latents": self.latents, "input_ids": self.input_ids},
-            metadata={"scaling_factor": repr(self.scaling_factor)},
+            metadata={
+                "latents_mean": json.dumps(self.latents_mean),
+                "latents_std": json.dumps(self.latents_std),
+            },
         )
 
     @classmethod
     def load(cls, path: Path) -> LatentCache:
         tensors, metadata = load_weights(path)
-        if {"latents", "input_ids"} - set(tensors) or "scaling_factor" not in metadata:
-            raise UsageError(f"{path} is not a latent cache (latents, input_ids, scaling_factor)")
-        return cls(tensors["latents"], tensors["input_ids"], float(metadata["scaling_factor"]))
+        if {"latents", "input_ids"} - set(tensors) or {"latents_mean", "latents_std"} - set(
+            metadata
+        ):
+            raise UsageError(f"{path} is not a latent cache (latents, input_ids, latents_mean/std)")
+        mean, std = (tuple(json.loads(metadata[k])) for k in ("latents_mean", "latents_std"))
+        return cls(tensors["latents"], tensors["input_ids"], mean, std)
 
 
 @torch.no_grad()
@@ -123,10 +139,12 @@ def build_latent_cache(
     batch_size: int = 256,
     progress: bool = True,
 ) -> LatentCache:
-    """Render `num_samples` training scenes, encode them once, and fix the latent scale.
+    """Render `num_samples` training scenes, encode them once, and normalise each channel.
 
-    The scaling factor is 1 / std of the unscaled latents, so that diffusion sees unit variance
-    (how SD's 0.18215 was chosen).
+    Each latent channel gets its own mean and std (diffusers' `latents_mean`/`latents_std`), so
+    that diffusion sees zero-mean unit-variance channels: SD's single 0.18215 = 1/std works for
+    its balanced channels, but the small autoencoder trained here has channel stds from 0.4
+    to 5, and the narrow ones were drowned by the noise and sampled as texture.
     """
     device = next(autoencoder.parameters()).device
     latents, ids = [], []
@@ -136,9 +154,12 @@ def build_latent_cache(
         posterior = autoencoder.encode(images_to_tensor(images).to(device))
         latents.append(posterior.mode().cpu())
         ids.append(tokenizer.encode([s.caption for s in scenes], context_length))
-    z = torch.cat(latents)
-    scaling_factor = float(1.0 / z.float().std())
-    return LatentCache((z * scaling_factor).half(), torch.cat(ids), scaling_factor)
+    z = torch.cat(latents).float()
+    mean = tuple(z.mean(dim=(0, 2, 3)).tolist())
+    std = tuple(z.std(dim=(0, 2, 3)).tolist())
+    cache = LatentCache(z, torch.cat(ids), mean, std)
+    config = cache.autoencoder_config(autoencoder.config)
+    return replace(cache, latents=to_diffusion_latents(z, config).half())
 
 
 def export_bundle(

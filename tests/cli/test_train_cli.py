@@ -96,7 +96,9 @@ def test_train_unet_writes_cache_tokenizer_and_a_loadable_model(
         unet_run / "model" / "tokenizer.json"
     ).read_text()
     pipe = load_pipeline(unet_run / "model", device="cpu")
-    assert pipe.components.config.autoencoder.scaling_factor == cache.scaling_factor
+    autoencoder_config = pipe.components.config.autoencoder
+    assert autoencoder_config.latents_mean == cache.latents_mean
+    assert autoencoder_config.latents_std == cache.latents_std
     (image,) = pipe("a red circle", num_inference_steps=2, seed=0)
     assert image.size == (16, 16)
     assert np.array(image).std() > 0

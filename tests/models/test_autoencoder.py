@@ -74,3 +74,18 @@ def test_parameter_count_of_sd_autoencoder():
         ours = sum(p.numel() for p in Autoencoder(config).parameters())
         reference = AutoencoderKL(**diffusers_vae_config(config))
     assert ours == sum(p.numel() for p in reference.parameters()) == 83_653_863
+
+
+def test_diffusion_latents_normalise_each_channel_and_invert() -> None:
+    from latentdiff.config import AutoencoderConfig
+    from latentdiff.models.autoencoder import from_diffusion_latents, to_diffusion_latents
+
+    config = AutoencoderConfig(
+        latent_channels=2, scaling_factor=0.5, latents_mean=(1.0, -2.0), latents_std=(2.0, 4.0)
+    )
+    z = torch.tensor([[[[3.0]], [[2.0]]]])  # (1, 2, 1, 1)
+    x = to_diffusion_latents(z, config)
+    torch.testing.assert_close(x.flatten(), torch.tensor([(3 - 1) * 0.5 / 2, (2 + 2) * 0.5 / 4]))
+    torch.testing.assert_close(from_diffusion_latents(x, config), z)
+    plain = AutoencoderConfig()  # SD: only the scalar factor
+    torch.testing.assert_close(to_diffusion_latents(z, plain), z * 0.18215)

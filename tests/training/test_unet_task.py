@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from latentdiff.config import tiny_config
+from latentdiff.config import AutoencoderConfig, tiny_config
 from latentdiff.errors import UsageError
 from latentdiff.models.autoencoder import Autoencoder, DiagonalGaussian
 from latentdiff.models.text_encoder import TextEncoder
@@ -28,14 +28,15 @@ def tokenizer(tiny_model_dir: Path) -> Tokenizer:
 
 
 def test_latent_cache_save_load_round_trip(tmp_path: Path) -> None:
+    mean, std = (0.123456789012345, -1.5, 2.0, 0.0), (1.0, 0.25, 3.0, 0.987654321)
     cache = LatentCache(
-        torch.randn(5, 4, 3, 3).half(), torch.randint(0, 60, (5, CONTEXT)), 0.123456789012345
+        torch.randn(5, 4, 3, 3).half(), torch.randint(0, 60, (5, CONTEXT)), mean, std
     )
     cache.save(tmp_path / "latents.safetensors")
     loaded = LatentCache.load(tmp_path / "latents.safetensors")
     assert torch.equal(loaded.latents, cache.latents) and loaded.latents.dtype == torch.float16
     assert torch.equal(loaded.input_ids, cache.input_ids)
-    assert loaded.scaling_factor == cache.scaling_factor
+    assert loaded.latents_mean == mean and loaded.latents_std == std
 
 
 def test_a_file_that_is_not_a_cache_is_a_usage_error(tmp_path: Path) -> None:
@@ -49,6 +50,7 @@ class AffineStandIn(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        self.config = AutoencoderConfig(latent_channels=3, block_channels=(32,))
         self.anchor = nn.Parameter(torch.zeros(()))
         self.modes: list[torch.Tensor] = []
 
@@ -58,7 +60,7 @@ class AffineStandIn(nn.Module):
         return DiagonalGaussian(torch.cat([mode, torch.zeros_like(mode)], dim=1))
 
 
-def test_cache_scales_latents_by_one_over_their_std(tokenizer: Tokenizer) -> None:
+def test_cache_normalises_each_latent_channel(tokenizer: Tokenizer) -> None:
     stand_in = AffineStandIn()
     cache = build_latent_cache(
         stand_in, tokenizer, num_samples=7, size=16, context_length=CONTEXT, seed=0,
@@ -66,9 +68,17 @@ def test_cache_scales_latents_by_one_over_their_std(tokenizer: Tokenizer) -> Non
     )  # fmt: skip
     assert [len(m) for m in stand_in.modes] == [3, 3, 1]
     unscaled = torch.cat(stand_in.modes)
-    assert cache.scaling_factor == pytest.approx(1 / unscaled.std().item(), rel=1e-6)
+    mean, std = unscaled.mean(dim=(0, 2, 3)), unscaled.std(dim=(0, 2, 3))
+    torch.testing.assert_close(torch.tensor(cache.latents_mean), mean)
+    torch.testing.assert_close(torch.tensor(cache.latents_std), std)
     assert cache.latents.dtype == torch.float16 and cache.latents.shape == (7, 3, 8, 8)
-    assert torch.equal(cache.latents, (unscaled * cache.scaling_factor).half())
+    expected = (unscaled - mean[:, None, None]) / std[:, None, None]
+    torch.testing.assert_close(cache.latents.float(), expected, atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(
+        cache.latents.float().std(dim=(0, 2, 3)), torch.ones(3), atol=1e-3, rtol=0
+    )
+    config = cache.autoencoder_config(stand_in.config)
+    assert config.scaling_factor == 1.0 and config.latents_mean == cache.latents_mean
     assert cache.input_ids.shape == (7, CONTEXT)
     assert (cache.input_ids[:, 0] == BOS_ID).all()
     assert ((cache.input_ids == EOS_ID).sum(dim=1) == 1).all()
@@ -95,7 +105,9 @@ def numbered_cache(n: int = 8) -> LatentCache:
     """Sample i has latents all i and ids all i, so a batch shows which samples it holds."""
     index = torch.arange(n, dtype=torch.float16)
     latents = index[:, None, None, None].expand(n, 2, 2, 2).clone()
-    return LatentCache(latents, torch.arange(n)[:, None].expand(n, CONTEXT).clone(), 1.0)
+    return LatentCache(
+        latents, torch.arange(n)[:, None].expand(n, CONTEXT).clone(), (0.0,) * 2, (1.0,) * 2
+    )
 
 
 def sample_ids(batch: tuple[torch.Tensor, torch.Tensor]) -> list[int]:
