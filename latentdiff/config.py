@@ -177,9 +177,20 @@ class ModelConfig:
             "unet.context_dim must equal text_encoder.width",
         )
         _check(
-            self.sample_size % self.autoencoder.downsample_factor == 0,
-            "sample_size must be a multiple of the autoencoder's downsampling factor",
+            self.unet.in_channels
+            in (self.autoencoder.latent_channels, 2 * self.autoencoder.latent_channels + 1),
+            "unet.in_channels must equal the latent channels (or 2·latent + 1 for inpainting)",
         )
+        _check(
+            self.sample_size % self.size_multiple == 0,
+            f"sample_size must be a multiple of {self.size_multiple}",
+        )
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the autoencoder's f times the U-Net's
+        downsampling, so that every U-Net level halves the latent exactly."""
+        return self.autoencoder.downsample_factor * 2 ** (len(self.unet.block_channels) - 1)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

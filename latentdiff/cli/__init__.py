@@ -8,28 +8,29 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from latentdiff.errors import UsageError
 
-# Subcommand modules, imported lazily in `build_parser` so `latentdiff --help` stays fast.
+# Each module keeps torch out of its top-level imports, so parsing (and `--help`) stays fast.
 SUBCOMMAND_MODULES = ("world", "evaluate", "generate", "train")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(
-        prog="latentdiff", description="Stable Diffusion in readable Python."
-    )
+    parser = ArgumentParser(prog="latentdiff", description="Stable Diffusion in readable Python.")
+    # Nested sub-parsers inherit the class, so every subcommand reports errors in one line.
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"latentdiff.cli.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"latentdiff.cli.{name}":
-                raise
-            continue  # a subcommand that is not built yet
-        module.register(subparsers)
+        importlib.import_module(f"latentdiff.cli.{name}").register(subparsers)
     return parser
 
 

@@ -70,7 +70,7 @@ def run_generate(args: argparse.Namespace) -> None:
     request.validate(1, tuple(SAMPLERS))
     paths = plan_paths(args, len(request.prompts))
     pipeline = load_pipeline(args.model, device=args.device)
-    request.validate(pipeline.components.config.autoencoder.downsample_factor, tuple(SAMPLERS))
+    request.validate(pipeline.components.config.size_multiple, tuple(SAMPLERS))
     seeds = resolve_seeds(request)
     all_prompts = request.prompts
     progress = tqdm(total=len(all_prompts) * args.steps, unit="step", disable=args.no_progress)

@@ -38,15 +38,16 @@ class Pipeline:
         num_inference_steps: int = 20,
         guidance_scale: float = 5.0,
         sampler: str = "dpmpp_2m",
-        schedule: str = "default",
         seed: int | None = None,
         generator: torch.Generator | None = None,
         height: int | None = None,
         width: int | None = None,
         num_images: int = 1,
         latents: torch.Tensor | None = None,
+        schedule: str = "default",
     ) -> list[Image.Image]:
-        """Generate `num_images` images per prompt (parameter names as in diffusers)."""
+        """Generate `num_images` images per prompt (parameter names and order as DESIGN.md's
+        contract, diffusers' names; `schedule="karras"` switches the sigma spacing)."""
         request = GenerationRequest(
             prompt=prompt,
             negative_prompt=negative_prompt,

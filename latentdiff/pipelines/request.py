@@ -45,7 +45,7 @@ class GenerationRequest:
             raise UsageError("give one negative prompt, or one per prompt")
         return [n for n in negative for _ in range(self.num_images)]
 
-    def validate(self, latent_factor: int, samplers: tuple[str, ...]) -> None:
+    def validate(self, size_multiple: int, samplers: tuple[str, ...]) -> None:
         """Raise UsageError, naming the parameter, for any value the pipeline cannot honour."""
         if self.num_inference_steps < 1:
             raise UsageError(f"steps must be at least 1, got {self.num_inference_steps}")
@@ -68,8 +68,8 @@ class GenerationRequest:
                 f"seed must be between 0 and {MAX_SEED} (image k uses seed + k), got {self.seed}"
             )
         for name, side in (("height", self.height), ("width", self.width)):
-            if side is not None and (side <= 0 or side % latent_factor):
+            if side is not None and (side <= 0 or side % size_multiple):
                 raise UsageError(
-                    f"{name} must be a positive multiple of {latent_factor} "
-                    f"(the autoencoder's downsampling factor), got {side}"
+                    f"{name} must be a positive multiple of {size_multiple} (the autoencoder's "
+                    f"and the U-Net's downsampling together), got {side}"
                 )

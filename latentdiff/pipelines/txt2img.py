@@ -46,7 +46,7 @@ def txt2img_latents(
 ) -> torch.Tensor:
     """Sample diffusion-space latents (B, C, h, w) for `request`."""
     config = components.config
-    request.validate(config.autoencoder.downsample_factor, tuple(SAMPLERS))
+    request.validate(config.size_multiple, tuple(SAMPLERS))
     device = next(components.unet.parameters()).device
     f = config.autoencoder.downsample_factor
     height, width = request.height or config.sample_size, request.width or config.sample_size

@@ -163,7 +163,7 @@ def test_prompt_changes_the_output(pipe: Pipeline) -> None:
 
 
 def test_invalid_request_is_a_usage_error(pipe: Pipeline) -> None:
-    with pytest.raises(UsageError, match="width must be a positive multiple of 2"):
+    with pytest.raises(UsageError, match="width must be a positive multiple of 4"):
         pipe(PROMPT, num_inference_steps=2, width=15)
     with pytest.raises(UsageError, match="unknown sampler"):
         pipe(PROMPT, sampler="lms")
