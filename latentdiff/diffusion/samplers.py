@@ -32,7 +32,7 @@ differs by at most ~0.003 of a timestep (σ's are identical).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -52,6 +52,8 @@ from latentdiff.diffusion.schedules import (
 from latentdiff.errors import UsageError
 
 Callback = Callable[[dict[str, Any]], None]
+Generators = torch.Generator | Sequence[torch.Generator] | None
+"""Where fresh noise comes from: one generator for the batch, or one per sample."""
 
 
 # ── Shared steps ──────────────────────────────────────────────────────────────────────────
@@ -77,12 +79,24 @@ def get_ancestral_step(
     return sigma_down, sigma_up
 
 
-def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Fresh noise from the caller's generator, drawn on its device (as diffusers does)."""
+def _randn_like(x: Tensor, generator: Generators) -> Tensor:
+    """Fresh noise from the caller's generator, drawn on its device (as diffusers does).
+
+    With one generator per sample, row k comes from generator k (diffusers' list-of-generators
+    rule), so a sample's noise does not depend on the rest of its batch.
+    """
     if generator is None:
         raise ValueError("this sampler adds fresh noise: pass a torch.Generator")
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device)
-    return noise.to(x.device)
+    if isinstance(generator, torch.Generator):
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device)
+        return noise.to(x.device)
+    if len(generator) != x.shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]}")
+    rows = [
+        torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=g.device).to(x.device)
+        for g in generator
+    ]
+    return torch.stack(rows)
 
 
 def _denoise(denoiser: DenoiseFn, x: Tensor, sigma: Tensor) -> Tensor:
@@ -109,7 +123,7 @@ def sample_euler(
     x: Tensor,
     sigmas: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
 ) -> Tensor:
     """Euler's method on the probability-flow ODE (Karras et al. 2022, Alg. 2 without churn)."""
@@ -126,7 +140,7 @@ def sample_euler_ancestral(
     sigmas: Tensor,
     *,
     eta: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
 ) -> Tensor:
     """Euler step to σ_down, then fresh noise of σ_up (`get_ancestral_step`)."""
@@ -145,7 +159,7 @@ def sample_ddim(
     sigmas: Tensor,
     *,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
 ) -> Tensor:
     """DDIM (Song et al. 2021): x_prev = √ᾱ'·x0 + √(1 − ᾱ' − s²)·ε + s·z, written in σ.
@@ -165,7 +179,7 @@ def sample_ddpm(
     x: Tensor,
     sigmas: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
 ) -> Tensor:
     """Ancestral sampling from the DDPM posterior (Ho et al. 2020, "fixed_small" variance).
@@ -184,7 +198,7 @@ def sample_heun(
     x: Tensor,
     sigmas: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
 ) -> Tensor:
     """Heun's 2nd-order method (Karras et al. 2022, Alg. 1); the last step, to σ = 0, is Euler."""
@@ -207,7 +221,7 @@ def sample_dpmpp_2m(
     x: Tensor,
     sigmas: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in λ = −log σ.

@@ -38,8 +38,19 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
+def seeded_generators(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU generator per image: its starting noise and any fresh noise of the sampler come
+    from it, so image k of a batch equals a lone run with seed k, whatever the sampler."""
+    return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+
+def draw_noise(
+    shape: tuple[int, ...], generators: list[torch.Generator], device: torch.device
+) -> torch.Tensor:
+    """One N(0, I) sample of `shape` per generator, stacked into a batch on `device`."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+
+
 def seeded_noise(shape: tuple[int, ...], seeds: list[int], device: torch.device) -> torch.Tensor:
-    """One N(0, I) sample per seed, so with a deterministic sampler image k of a batch equals a
-    lone run with seed k (ancestral samplers also draw fresh noise, from one generator per run)."""
-    draws = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
-    return torch.stack(draws).to(device)
+    """The starting noise a run with these per-image seeds uses."""
+    return draw_noise(shape, seeded_generators(seeds), device)

@@ -23,7 +23,7 @@ from latentdiff.diffusion.samplers import (
 )
 from latentdiff.diffusion.schedules import SchedulerSettings
 from latentdiff.errors import UsageError
-from latentdiff.pipelines.common import encode_prompt, seeded_noise
+from latentdiff.pipelines.common import draw_noise, encode_prompt, seeded_generators
 from latentdiff.pipelines.request import GenerationRequest
 
 
@@ -51,13 +51,12 @@ def txt2img_latents(
     f = config.autoencoder.downsample_factor
     height, width = request.height or config.sample_size, request.width or config.sample_size
     shape = (config.unet.in_channels, height // f, width // f)
+    generators = seeded_generators(seeds)
     if latents is None:
-        latents = seeded_noise(shape, seeds, device)
+        latents = draw_noise(shape, generators, device)
     elif tuple(latents.shape) != (len(seeds), *shape):
         expected = (len(seeds), *shape)
         raise UsageError(f"latents must have shape {expected}, got {tuple(latents.shape)}")
-    if generator is None:  # the ancestral samplers' fresh noise, reproducible from the seed
-        generator = torch.Generator(device).manual_seed(seeds[0])
 
     settings = replace(scheduler, karras=scheduler.karras or request.schedule == "karras")
     sampler = request.sampler
@@ -70,5 +69,7 @@ def txt2img_latents(
     )
     guided = cfg_denoiser(denoiser, cond, uncond, request.guidance_scale)
     x = initial_latents(latents.to(device, torch.float32), sigmas, sampler, settings)
-    x = SAMPLERS[sampler](guided, x, sigmas, generator=generator, callback=callback)
+    # Ancestral samplers continue each image's own generator past its starting noise.
+    noise_source = generator if generator is not None else generators
+    x = SAMPLERS[sampler](guided, x, sigmas, generator=noise_source, callback=callback)
     return final_latents(x, sigmas)

@@ -211,3 +211,26 @@ def test_ancestral_samplers_reach_the_data_distribution(sampler):
     samples, _ = run_gaussian(sampler, mu=0.5, s=0.7, steps=100)
     assert abs(samples.mean().item() - 0.5) < 0.02
     assert abs(samples.std().item() / 0.7 - 1) < 0.05
+
+
+def test_one_generator_per_sample_draws_each_row_from_its_own_generator() -> None:
+    from latentdiff.diffusion.samplers import _randn_like
+
+    x = torch.zeros(3, 2, 4, 4)
+    rows = _randn_like(x, [torch.Generator().manual_seed(s) for s in (5, 6, 7)])
+    for k, seed in enumerate((5, 6, 7)):
+        alone = torch.randn(2, 4, 4, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(rows[k], alone)
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        _randn_like(x, [torch.Generator(), torch.Generator()])
+
+
+def test_ancestral_noise_continues_past_the_starting_noise() -> None:
+    """The pipeline's fresh noise must not repeat the starting noise of the same generator."""
+    from latentdiff.diffusion.samplers import _randn_like
+    from latentdiff.pipelines.common import draw_noise, seeded_generators
+
+    generators = seeded_generators([11, 12])
+    start = draw_noise((2, 4, 4), generators, torch.device("cpu"))
+    fresh = _randn_like(start, generators)
+    assert not torch.allclose(start, fresh)

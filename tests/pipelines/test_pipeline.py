@@ -103,7 +103,7 @@ def assert_same_images(batch: list[np.ndarray], lone: list[np.ndarray]) -> None:
         assert np.abs(a.astype(int) - b).max() <= 1
 
 
-@pytest.mark.parametrize("sampler", DETERMINISTIC_SAMPLERS)
+@pytest.mark.parametrize("sampler", [*DETERMINISTIC_SAMPLERS, "euler_a", "ddpm"])
 def test_image_k_of_a_batch_equals_a_lone_run_with_seed_plus_k(
     pipe: Pipeline, sampler: str
 ) -> None:
