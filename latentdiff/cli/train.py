@@ -212,17 +212,34 @@ def run_train_unet(args: argparse.Namespace) -> None:
         export_bundle,
     )
 
+    # Every input is checked before the run folder is touched, so bad input leaves nothing.
     config = train_config(args)
+    if args.cache_size < 1:
+        raise UsageError(f"--cache-size must be at least 1, got {args.cache_size}")
+    if not 0 <= args.cond_drop <= 1:
+        raise UsageError(f"--cond-drop must be a probability, got {args.cond_drop}")
     model_config = preset(args.preset)
+    autoencoder = load_trained_autoencoder(Path(args.autoencoder))
+    if autoencoder.config.latent_channels != model_config.unet.in_channels:
+        raise UsageError(
+            f"the autoencoder makes {autoencoder.config.latent_channels}-channel latents; "
+            f"the {args.preset} U-Net takes {model_config.unet.in_channels}"
+        )
+    text_encoder, joint, clip_tokenizer = load_text_encoder(args.text_encoder, model_config)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    autoencoder = load_trained_autoencoder(Path(args.autoencoder))
     tokenizer_path = output / "tokenizer.json"
-    if args.text_encoder != "joint":  # a frozen tower must keep the tokenizer it learned with
-        Tokenizer.load(Path(args.text_encoder)).save(tokenizer_path)
+    if clip_tokenizer is not None:  # a frozen tower keeps the tokenizer it learned with
+        clip_tokenizer.save(tokenizer_path)
     elif not tokenizer_path.exists():
         build_world_tokenizer(vocab_size=model_config.text_encoder.vocab_size).save(tokenizer_path)
     tokenizer = Tokenizer.load(tokenizer_path)
+    provenance = {
+        "autoencoder": str(Path(args.autoencoder).resolve()),
+        "num_samples": args.cache_size,
+        "size": model_config.sample_size,
+        "seed": config.seed,
+    }
     cache_path = output / "latents.safetensors"
     if not cache_path.exists():
         cache = build_latent_cache(
@@ -234,9 +251,8 @@ def run_train_unet(args: argparse.Namespace) -> None:
             seed=config.seed,
             progress=not args.no_progress,
         )
-        cache.save(cache_path)
-    cache = LatentCache.load(cache_path)
-    text_encoder, joint = load_text_encoder(args.text_encoder, model_config, tokenizer_path)
+        cache.save(cache_path, provenance)
+    cache = LatentCache.load(cache_path, expected=provenance)
     model = LatentDiffusionModel(UNet(model_config.unet), text_encoder, train_text_encoder=joint)
     empty_ids = tokenizer.encode([""], model_config.text_encoder.context_length)
     objective = DiffusionObjective(
@@ -261,17 +277,18 @@ def run_train_unet(args: argparse.Namespace) -> None:
         )
 
 
-def load_text_encoder(choice: str, model_config, tokenizer_path: Path):
-    """(text encoder, trained jointly?): a fresh one, or a `train clip` run's text tower."""
+def load_text_encoder(choice: str, model_config):
+    """(text encoder, trained jointly?, its tokenizer or None): a fresh encoder, or a `train
+    clip` run's text tower with the tokenizer it was trained with."""
     from latentdiff.models.text_encoder import TextEncoder
 
     if choice == "joint":
-        return TextEncoder(model_config.text_encoder), True
+        return TextEncoder(model_config.text_encoder), True, None
     from latentdiff.training.clip import load_clip
 
-    clip, _ = load_clip(Path(choice))
+    clip, tokenizer = load_clip(Path(choice))
     if clip.config.text != model_config.text_encoder:
         raise UsageError(
             f"the CLIP text tower in {choice} does not match the preset's text encoder config"
         )
-    return clip.text_encoder, False
+    return clip.text_encoder, False, tokenizer

@@ -106,19 +106,30 @@ class LatentCache:
 
         return batch
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, provenance: dict | None = None) -> None:
+        """Write the cache; `provenance` (what it was built from) is checked again on load."""
         save_weights(
             path,
             {"latents": self.latents, "input_ids": self.input_ids},
             metadata={
                 "latents_mean": json.dumps(self.latents_mean),
                 "latents_std": json.dumps(self.latents_std),
+                "provenance": json.dumps(provenance or {}, sort_keys=True),
             },
         )
 
     @classmethod
-    def load(cls, path: Path) -> LatentCache:
+    def load(cls, path: Path, expected: dict | None = None) -> LatentCache:
+        """Read a cache; with `expected`, refuse one built from other inputs (a resumed run
+        must see the same data)."""
         tensors, metadata = load_weights(path)
+        if expected is not None:
+            built_from = json.loads(metadata.get("provenance", "{}"))
+            if built_from != expected:
+                raise UsageError(
+                    f"{path} was built from {built_from}, not {expected}: use the run's original "
+                    "flags, or a new --output-dir"
+                )
         if {"latents", "input_ids"} - set(tensors) or {"latents_mean", "latents_std"} - set(
             metadata
         ):

@@ -136,16 +136,23 @@ def broken_autoencoder(autoencoder_run: AutoencoderRun, tmp_path: Path) -> Path:
         (["autoencoder", "--size", "15"], "--size must be"),
         (["unet", "--autoencoder", "{tmp}/no-such-run"], "holds no finished autoencoder run"),
         (["unet", "--autoencoder", "{broken}"], "cannot read"),
+        (["unet", "--autoencoder", "{good}", "--cache-size", "0"], "--cache-size must be"),
+        (["unet", "--autoencoder", "{good}", "--cond-drop", "5"], "--cond-drop must be"),
+        (["unet", "--autoencoder", "{good}", "--text-encoder", "{tmp}/no-clip"], "no-clip"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(
     args: list[str],
     message: str,
     broken_autoencoder: Path,
+    autoencoder_run: AutoencoderRun,
     tmp_path: Path,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    args = [arg.format(tmp=tmp_path, broken=broken_autoencoder) for arg in args]
+    args = [
+        arg.format(tmp=tmp_path, broken=broken_autoencoder, good=autoencoder_run.folder)
+        for arg in args
+    ]
     base = ["--preset", "tiny", "--no-progress", "--device", "cpu"]
     status = main(["train", args[0], *base, *args[1:], "--output-dir", str(tmp_path / "run")])
     assert status == 2
@@ -153,3 +160,17 @@ def test_bad_input_is_one_line_exit_2(
     assert err.count("\n") == 1 and err.startswith("latentdiff train: error: "), err
     assert message in err
     assert not (tmp_path / "run" / "loss.jsonl").exists()
+    if args[0] == "unet":  # checked before the run folder is made
+        assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_a_cache_built_from_other_flags(
+    autoencoder_run: AutoencoderRun, unet_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    base = ["train", "unet", "--preset", "tiny", "--no-progress", "--device", "cpu"]
+    status = main([
+        *base, "--autoencoder", str(autoencoder_run.folder), "--output-dir", str(unet_run),
+        "--cache-size", "33", "--steps", "3", "--batch-size", "4",
+    ])  # fmt: skip
+    assert status == 2
+    assert "was built from" in capsys.readouterr().err
