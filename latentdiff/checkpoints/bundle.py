@@ -21,7 +21,13 @@ from latentdiff.models.autoencoder import Autoencoder
 from latentdiff.models.text_encoder import TextEncoder
 from latentdiff.models.tokenizer import Tokenizer
 from latentdiff.models.unet import UNet
-from latentdiff.training.checkpoint import atomic_write, load_weights, save_weights, write_json
+from latentdiff.training.checkpoint import (
+    atomic_write,
+    load_module_state,
+    load_weights,
+    save_weights,
+    write_json,
+)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -77,7 +83,13 @@ def load_components(name_or_path: str | os.PathLike, device: torch.device) -> Co
         if not (folder / name).is_file():
             raise UsageError(f"model folder {folder} has no {name}")
     config = load_model_config(folder / CONFIG_FILE)
-    components = build_components(config, Tokenizer.load(folder / TOKENIZER_FILE))
+    tokenizer = Tokenizer.load(folder / TOKENIZER_FILE)
+    if tokenizer.vocab_size > config.text_encoder.vocab_size:
+        raise UsageError(
+            f"{folder / TOKENIZER_FILE} has {tokenizer.vocab_size} tokens; the text encoder "
+            f"embeds only {config.text_encoder.vocab_size}"
+        )
+    components = build_components(config, tokenizer)
     state, _ = load_weights(folder / WEIGHTS_FILE)
     strays = sorted(k for k in state if k.split(".", 1)[0] not in components.modules())
     if strays:  # a key under no component's prefix would otherwise be silently dropped
@@ -85,7 +97,9 @@ def load_components(name_or_path: str | os.PathLike, device: torch.device) -> Co
             f"{folder / WEIGHTS_FILE}: unexpected key {strays[0]} ({len(strays)} unexpected)"
         )
     for prefix, module in components.modules().items():
-        load_strict(module, take_prefix(state, prefix + "."), f"{folder / WEIGHTS_FILE} [{prefix}]")
+        load_module_state(
+            module, take_prefix(state, prefix + "."), f"{folder / WEIGHTS_FILE} [{prefix}]"
+        )
         module.to(device).eval().requires_grad_(False)
     return components
 
@@ -108,22 +122,3 @@ def save_components(
 
 def take_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load every parameter and buffer, or raise UsageError naming the first bad key."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise UsageError(f"{source}: missing key {missing[0]} ({len(missing)} missing)")
-    unexpected = sorted(set(state) - set(expected))
-    if unexpected:
-        raise UsageError(f"{source}: unexpected key {unexpected[0]} ({len(unexpected)} unexpected)")
-    for key, tensor in state.items():
-        if tensor.shape != expected[key].shape:
-            raise UsageError(
-                f"{source}: key {key} has shape {tuple(tensor.shape)}, "
-                f"expected {tuple(expected[key].shape)}"
-            )
-    # Cast to the module's own dtype (files are fp16; inference runs in fp32 unless asked).
-    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})

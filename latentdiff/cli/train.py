@@ -155,7 +155,8 @@ def run_train_clip(args: argparse.Namespace) -> None:
     from latentdiff.training.clip import RenderedPairs, clip_objective, evaluate_clip, save_clip
 
     config = train_config(args)
-    clip_config = default_clip_config()
+    # The text tower is the preset's text encoder, so it can later condition that U-Net.
+    clip_config = dataclasses.replace(default_clip_config(), text=preset(args.preset).text_encoder)
     tokenizer = build_world_tokenizer(vocab_size=clip_config.text.vocab_size)
     model = CLIP(clip_config)
     batches = RenderedPairs(

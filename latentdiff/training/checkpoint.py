@@ -133,12 +133,25 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 def load_module_state(
     module: nn.Module, state: Mapping[str, torch.Tensor], source: str | os.PathLike
 ) -> None:
-    """`module.load_state_dict(state)` (strict), a mismatch being a one-line UsageError."""
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as error:
-        message = " ".join(str(error).split())[:300]
-        raise UsageError(f"{source} does not fit the model: {message}") from None
+    """Load every parameter and buffer, or raise a UsageError naming the first bad key.
+
+    Nothing is loaded unless everything fits. Tensors are cast to the module's dtypes (files
+    may be fp16; the module decides what it runs in).
+    """
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise UsageError(f"{source}: missing key {missing[0]} ({len(missing)} missing)")
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise UsageError(f"{source}: unexpected key {unexpected[0]} ({len(unexpected)} unexpected)")
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise UsageError(
+                f"{source}: key {key} has shape {tuple(tensor.shape)}, "
+                f"expected {tuple(expected[key].shape)}"
+            )
+    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
 
 def step_dir_name(step: int) -> str:

@@ -13,13 +13,12 @@ from latentdiff.checkpoints.bundle import (
     Components,
     build_components,
     load_components,
-    load_strict,
     save_components,
 )
 from latentdiff.config import ModelConfig, tiny_config
 from latentdiff.errors import UsageError
 from latentdiff.models.tokenizer import Tokenizer
-from latentdiff.training.checkpoint import load_weights, save_weights
+from latentdiff.training.checkpoint import load_module_state, load_weights, save_weights
 
 CPU = torch.device("cpu")
 
@@ -163,19 +162,19 @@ def test_wrong_shape_is_a_usage_error_naming_key_and_shapes(model_copy: Path) ->
         load_components(model_copy, CPU)
 
 
-def test_load_strict_changes_nothing_when_a_later_key_is_bad() -> None:
+def test_load_module_state_changes_nothing_when_a_later_key_is_bad() -> None:
     module = nn.Linear(3, 2)
     before = {k: v.clone() for k, v in module.state_dict().items()}
     bad = {"weight": torch.zeros(2, 3), "bias": torch.zeros(5)}
     with pytest.raises(UsageError, match="linear: key bias has shape"):
-        load_strict(module, bad, "linear")
+        load_module_state(module, bad, "linear")
     assert all(torch.equal(module.state_dict()[k], v) for k, v in before.items())
 
 
-def test_load_strict_casts_to_the_module_dtype() -> None:
+def test_load_module_state_casts_to_the_module_dtype() -> None:
     module = nn.Linear(3, 2)
     state = {"weight": torch.ones(2, 3, dtype=torch.float16), "bias": torch.ones(2).half()}
-    load_strict(module, state, "linear")
+    load_module_state(module, state, "linear")
     assert module.weight.dtype == torch.float32
     assert torch.equal(module.weight, torch.ones(2, 3))
 
