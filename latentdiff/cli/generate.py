@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
@@ -65,26 +64,22 @@ def run_generate(args: argparse.Namespace) -> None:
     # Validate before the (slow) model load, so bad input fails at once.
     from latentdiff.diffusion.samplers import SAMPLERS
     from latentdiff.pipelines.pipeline import load_pipeline
-    from latentdiff.pipelines.txt2img import resolve_seeds
 
     request.validate(1, tuple(SAMPLERS))
     paths = plan_paths(args, len(request.prompts))
     pipeline = load_pipeline(args.model, device=args.device)
     request.validate(pipeline.components.config.size_multiple, tuple(SAMPLERS))
-    seeds = resolve_seeds(request)
-    all_prompts = request.prompts
-    progress = tqdm(total=len(all_prompts) * args.steps, unit="step", disable=args.no_progress)
-    for start in range(0, len(all_prompts), args.batch_size):
-        chunk = replace(
-            request,
-            prompt=all_prompts[start : start + args.batch_size],
-            negative_prompt=request.negative_prompts[start : start + args.batch_size],
-            num_images=1,
-            seed=seeds[start],
-        )
-        n = len(chunk.prompts)
-        images, parameters = pipeline.generate(chunk, callback=lambda _, n=n: progress.update(n))
-        for image, text, path in zip(images, parameters, paths[start : start + n], strict=True):
+    progress = tqdm(total=len(paths) * args.steps, unit="step", disable=args.no_progress)
+
+    def advance(info: dict) -> None:
+        # A step's callback sees the whole chunk's latents: advance by the images it holds.
+        progress.update(info["x"].shape[0])
+
+    for start, images, parameters in pipeline.generate_batched(
+        request, args.batch_size, callback=advance
+    ):
+        outputs = paths[start : start + len(images)]
+        for image, text, path in zip(images, parameters, outputs, strict=True):
             save_png(image, text, path)
     progress.close()
 

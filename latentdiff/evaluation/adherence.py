@@ -25,16 +25,9 @@ def generate_for_prompts(
     on_batch: Callable[[int], None] | None = None,
 ) -> list[np.ndarray]:
     """One (H, W, 3) uint8 image per prompt; `request` gives every other parameter."""
-    seed = request.seed or 0
+    request = replace(request, prompt=list(prompts), num_images=1, seed=request.seed or 0)
     images: list[np.ndarray] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = replace(
-            request,
-            prompt=list(prompts[start : start + batch_size]),
-            num_images=1,
-            seed=seed + start,
-        )
-        batch, _ = pipeline.generate(chunk)
+    for _, batch, _ in pipeline.generate_batched(request, batch_size):
         images.extend(np.asarray(image) for image in batch)
         if on_batch is not None:
             on_batch(len(batch))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -99,6 +99,28 @@ class Pipeline:
             for k, (seed, image) in enumerate(zip(seeds, images, strict=True))
         ]
         return images, parameters
+
+    def generate_batched(
+        self,
+        request: GenerationRequest,
+        batch_size: int,
+        *,
+        callback: Callable[[dict], None] | None = None,
+    ) -> Iterator[tuple[int, list[Image.Image], list[str]]]:
+        """`generate` in chunks of at most `batch_size` images, yielding (index of the chunk's
+        first image, images, parameters); image k still uses seed + k, whatever the chunking."""
+        seeds = resolve_seeds(request)
+        prompts, negatives = request.prompts, request.negative_prompts
+        for start in range(0, len(prompts), batch_size):
+            chunk = replace(
+                request,
+                prompt=prompts[start : start + batch_size],
+                negative_prompt=negatives[start : start + batch_size],
+                num_images=1,
+                seed=seeds[start],
+            )
+            images, parameters = self.generate(chunk, callback=callback)
+            yield start, images, parameters
 
 
 def request_for_image(request: GenerationRequest, k: int) -> GenerationRequest:
