@@ -17,16 +17,15 @@ from torch import nn
 
 from latentdiff.config import ModelConfig, load_model_config
 from latentdiff.errors import UsageError
+from latentdiff.fileio import atomic_write, write_json
 from latentdiff.models.autoencoder import Autoencoder
 from latentdiff.models.text_encoder import TextEncoder
 from latentdiff.models.tokenizer import Tokenizer
 from latentdiff.models.unet import UNet
 from latentdiff.training.checkpoint import (
-    atomic_write,
     load_module_state,
     load_weights,
     save_weights,
-    write_json,
 )
 
 CONFIG_FILE = "config.json"

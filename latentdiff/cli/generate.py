@@ -140,7 +140,7 @@ def ensure_writable_dir(folder: Path, *, create: bool) -> None:
 
 def save_png(image: Image.Image, parameters: str, path: Path) -> None:
     """Write atomically with the generation parameters in the `parameters` text chunk."""
+    from latentdiff.fileio import atomic_write
     from latentdiff.pipelines.metadata import png_info
-    from latentdiff.training.checkpoint import atomic_write
 
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=png_info(parameters)))

@@ -119,13 +119,14 @@ def preset(name: str):
 
 
 def run_train_autoencoder(args: argparse.Namespace) -> None:
+    from latentdiff.fileio import write_json
     from latentdiff.models.autoencoder import Autoencoder
     from latentdiff.training.autoencoder import (
         RenderedImages,
         autoencoder_loss,
         reconstruction_psnr,
     )
-    from latentdiff.training.checkpoint import save_weights, write_json
+    from latentdiff.training.checkpoint import save_weights
 
     config = train_config(args)
     ae_config = preset(args.preset).autoencoder
@@ -149,9 +150,9 @@ def run_train_autoencoder(args: argparse.Namespace) -> None:
 
 def run_train_clip(args: argparse.Namespace) -> None:
     from latentdiff.config import default_clip_config
+    from latentdiff.fileio import write_json
     from latentdiff.models.clip import CLIP
     from latentdiff.models.tokenizer import build_world_tokenizer
-    from latentdiff.training.checkpoint import write_json
     from latentdiff.training.clip import RenderedPairs, clip_objective, evaluate_clip, save_clip
 
     config = train_config(args)

@@ -10,6 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from latentdiff.errors import UsageError
+from latentdiff.fileio import atomic_write, write_json
 
 MIN_SIZE = 16
 
@@ -91,13 +92,6 @@ def _outdir(path: str) -> Path:
     return outdir
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    """Write to a temporary name, then rename: a present file is always a complete one."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
 def run_render(args: argparse.Namespace) -> None:
     from latentdiff.world.render import render_scene_image, scene_record
     from latentdiff.world.scenes import sample_scenes
@@ -113,7 +107,8 @@ def run_render(args: argparse.Namespace) -> None:
             render_scene_image(scene, size).save(outdir / name)
             lines.append(json.dumps({"file": name, **scene_record(scene, size)}))
         # The manifest goes last: its presence says the folder is complete.
-        _write_text_atomically(outdir / "manifest.jsonl", "\n".join(lines) + "\n")
+        manifest = "\n".join(lines) + "\n"
+        atomic_write(outdir / "manifest.jsonl", lambda tmp: tmp.write_text(manifest))
     except OSError as error:
         raise UsageError(f"cannot write to --outdir {outdir}: {error.strerror}") from None
     print(f"wrote {n} images and manifest.jsonl to {outdir}")
@@ -130,7 +125,7 @@ def run_clip(args: argparse.Namespace) -> None:
     try:
         for t, frame in enumerate(render_clip(clip)):
             Image.fromarray(frame).save(outdir / f"{t:05d}.png")
-        _write_text_atomically(outdir / "clip.json", json.dumps(clip_record(clip), indent=1) + "\n")
+        write_json(outdir / "clip.json", clip_record(clip))
     except OSError as error:
         raise UsageError(f"cannot write to --outdir {outdir}: {error.strerror}") from None
     print(f"wrote {frames} frames and clip.json to {outdir}: {clip.caption}")

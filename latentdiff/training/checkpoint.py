@@ -23,7 +23,7 @@ import os
 import pickle
 import re
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from latentdiff.errors import UsageError
+from latentdiff.fileio import atomic_write, raise_unwritable, temporary_name
 
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -56,40 +57,6 @@ class Checkpoint:
     """Seconds spent training up to `step`, summed over all sessions."""
     config: dict[str, Any]
     """The run's TrainConfig as a dict, for provenance."""
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
-    """Call `write(tmp_path)`, then rename onto `path`: readers see the old or the new file.
-
-    A failed write (no such directory, disk full) becomes a UsageError naming `path`.
-    """
-    path = Path(path)
-    tmp = _temporary_name(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as error:
-        tmp.unlink(missing_ok=True)
-        _raise_unwritable(path, error)
-        raise
-
-
-def _raise_unwritable(path: Path, error: BaseException) -> None:
-    # safetensors reports its write failures as SafetensorError, not OSError.
-    if isinstance(error, OSError | SafetensorError):
-        raise UsageError(f"cannot write {path}: {error}") from None
-
-
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write `data` as indented JSON, atomically (see `atomic_write`)."""
-    text = json.dumps(data, indent=2) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def _temporary_name(path: Path) -> Path:
-    # Hidden, beside the target (os.replace is atomic only within one filesystem), unique per
-    # process; created by the writer itself so that it gets the usual umask permissions.
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def save_weights(
@@ -163,7 +130,7 @@ def save_checkpoint(checkpoints_dir: str | os.PathLike, checkpoint: Checkpoint, 
     root = Path(checkpoints_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(checkpoint.step)
-    tmp = _temporary_name(final)
+    tmp = temporary_name(final)
     shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process with the same pid
     try:
         tmp.mkdir()
@@ -171,7 +138,7 @@ def save_checkpoint(checkpoints_dir: str | os.PathLike, checkpoint: Checkpoint, 
         _replace_dir(tmp, final)
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
-        _raise_unwritable(final, error)
+        raise_unwritable(final, error)
         raise
     atomic_write(root / LATEST_FILE, lambda p: p.write_text(final.name + "\n"))
     _prune(root, checkpoint.step, keep)
@@ -194,7 +161,7 @@ def _cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _replace_dir(src: Path, dst: Path) -> None:
     """Rename `src` to `dst`; an existing `dst` (a step re-run after a resume) is set aside first."""
     if dst.exists():
-        old = _temporary_name(dst.with_name(dst.name + ".old"))
+        old = temporary_name(dst.with_name(dst.name + ".old"))
         os.replace(dst, old)
         os.replace(src, dst)
         shutil.rmtree(old)

@@ -22,15 +22,14 @@ from torch import Tensor
 
 from latentdiff.config import CLIPConfig, from_dict
 from latentdiff.errors import UsageError
+from latentdiff.fileio import atomic_write, write_json
 from latentdiff.models.clip import CLIP, clip_loss, clip_score
 from latentdiff.models.tokenizer import TOKENIZER_FILE, Tokenizer
 from latentdiff.pipelines.common import images_to_tensor
 from latentdiff.training.checkpoint import (
-    atomic_write,
     load_module_state,
     load_weights,
     save_weights,
-    write_json,
 )
 from latentdiff.training.trainer import derive_seed
 from latentdiff.world.captions import parse_caption

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from latentdiff.errors import UsageError
-from latentdiff.training.checkpoint import atomic_write
+from latentdiff.fileio import atomic_write
 
 
 class LossLog:

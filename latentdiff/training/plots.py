@@ -7,7 +7,7 @@ import os
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from latentdiff.training.checkpoint import atomic_write
+from latentdiff.fileio import atomic_write
 from latentdiff.training.loss_log import LossLog
 
 

@@ -11,7 +11,6 @@ motion without a bounce.
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from latentdiff.fileio import write_json
 from latentdiff.world import palette
 from latentdiff.world.captions import canonical_caption, motion_spec
 from latentdiff.world.render import object_record, render_scene_image
@@ -411,7 +411,5 @@ def write_curation_video(video: CurationVideo, directory: str | Path) -> Path:
     for i, frame in enumerate(render_curation_video(video)):
         Image.fromarray(frame).save(frames_dir / f"{i:05d}.png")
     # Ground truth goes last, under a temporary name first: when present, the folder is complete.
-    partial = directory / "ground_truth.json.partial"
-    partial.write_text(json.dumps(curation_ground_truth(video), indent=2) + "\n")
-    partial.replace(directory / "ground_truth.json")
+    write_json(directory / "ground_truth.json", curation_ground_truth(video))
     return directory

@@ -1,0 +1,47 @@
+"""Writing files so that a reader never sees a half-written one (torch-free, for every layer)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+
+from latentdiff.errors import UsageError
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """Call `write(tmp_path)`, then rename onto `path`: readers see the old or the new file.
+
+    A failed write (no such directory, disk full) becomes a UsageError naming `path`.
+    """
+    path = Path(path)
+    tmp = temporary_name(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        raise_unwritable(path, error)
+        raise
+
+
+def raise_unwritable(path: Path, error: BaseException) -> None:
+    # safetensors reports its write failures as SafetensorError, not OSError.
+    if isinstance(error, OSError | SafetensorError):
+        raise UsageError(f"cannot write {path}: {error}") from None
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write `data` as indented JSON, atomically (see `atomic_write`)."""
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def temporary_name(path: Path) -> Path:
+    # Hidden, beside the target (os.replace is atomic only within one filesystem), unique per
+    # process; created by the writer itself so that it gets the usual umask permissions.
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
