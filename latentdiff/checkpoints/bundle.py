@@ -1,8 +1,8 @@
 """latentdiff's own model format: a folder with `config.json`, `model.safetensors`, `tokenizer.json`.
 
 The weights file holds every component under a prefix (`autoencoder.`, `unet.`,
-`text_encoder.`); the config is `ModelConfig.to_dict()`. Loading checks every key and shape
-and names the first problem, so a bad file never half-loads.
+`text_encoder.`); the config is `ModelConfig.to_dict()`. sources.py reads it (and every other
+checkpoint format), checking every key and shape, so a bad file never half-loads.
 """
 
 from __future__ import annotations
@@ -15,18 +15,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from latentdiff.config import ModelConfig, load_model_config
+from latentdiff.config import ModelConfig
 from latentdiff.errors import UsageError
 from latentdiff.fileio import atomic_write, write_json
 from latentdiff.models.autoencoder import Autoencoder
 from latentdiff.models.text_encoder import TextEncoder
 from latentdiff.models.tokenizer import Tokenizer
 from latentdiff.models.unet import UNet
-from latentdiff.training.checkpoint import (
-    load_module_state,
-    load_weights,
-    save_weights,
-)
+from latentdiff.training.checkpoint import save_weights
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -73,34 +69,6 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
         names = ", ".join(BUNDLED_MODELS)
         raise UsageError(f"no model folder at {path} (bundled models: {names})")
     return path
-
-
-def load_components(name_or_path: str | os.PathLike, device: torch.device) -> Components:
-    """Load a latentdiff model folder (or a bundled model by name) onto `device`, in fp32."""
-    folder = resolve_model_path(name_or_path)
-    for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
-        if not (folder / name).is_file():
-            raise UsageError(f"model folder {folder} has no {name}")
-    config = load_model_config(folder / CONFIG_FILE)
-    tokenizer = Tokenizer.load(folder / TOKENIZER_FILE)
-    if tokenizer.vocab_size > config.text_encoder.vocab_size:
-        raise UsageError(
-            f"{folder / TOKENIZER_FILE} has {tokenizer.vocab_size} tokens; the text encoder "
-            f"embeds only {config.text_encoder.vocab_size}"
-        )
-    components = build_components(config, tokenizer)
-    state, _ = load_weights(folder / WEIGHTS_FILE)
-    strays = sorted(k for k in state if k.split(".", 1)[0] not in components.modules())
-    if strays:  # a key under no component's prefix would otherwise be silently dropped
-        raise UsageError(
-            f"{folder / WEIGHTS_FILE}: unexpected key {strays[0]} ({len(strays)} unexpected)"
-        )
-    for prefix, module in components.modules().items():
-        load_module_state(
-            module, take_prefix(state, prefix + "."), f"{folder / WEIGHTS_FILE} [{prefix}]"
-        )
-        module.to(device).eval().requires_grad_(False)
-    return components
 
 
 def save_components(

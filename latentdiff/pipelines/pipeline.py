@@ -6,11 +6,13 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
-from latentdiff.checkpoints.bundle import Components, load_components
+from latentdiff.checkpoints.bundle import Components
+from latentdiff.checkpoints.sources import LoadOptions, load_model
 from latentdiff.devices import resolve_device
 from latentdiff.diffusion.schedules import SchedulerSettings
 from latentdiff.pipelines.common import decode_latents
@@ -133,7 +135,18 @@ def request_for_image(request: GenerationRequest, k: int) -> GenerationRequest:
     )
 
 
-def load_pipeline(name_or_path: str | os.PathLike = "shapes", device: str = "auto") -> Pipeline:
-    """Load the bundled model by name (default "shapes") or a latentdiff model folder."""
-    components = load_components(name_or_path, resolve_device(device))
-    return Pipeline(components=components, name=Path(name_or_path).name)
+def load_pipeline(
+    name_or_path: str | os.PathLike = "shapes", device: str = "auto", **options: Any
+) -> Pipeline:
+    """Load the bundled model by name (default "shapes"), a latentdiff or diffusers folder, or
+    an original Stable Diffusion single file. `options` are `LoadOptions` fields, e.g.
+    `tokenizer=` (a CLIP tokenizer folder, which a single file lacks) or `prediction_type=`."""
+    if "tokenizer" in options and options["tokenizer"] is not None:
+        options["tokenizer"] = Path(options["tokenizer"])
+    components, scheduler = load_model(name_or_path, resolve_device(device), LoadOptions(**options))
+    path = Path(name_or_path)
+    return Pipeline(
+        components=components,
+        name=path.stem if path.is_file() else path.name,
+        scheduler=scheduler,
+    )

@@ -98,12 +98,19 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 
 
 def load_module_state(
-    module: nn.Module, state: Mapping[str, torch.Tensor], source: str | os.PathLike
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    source: str | os.PathLike,
+    *,
+    assign: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> None:
     """Load every parameter and buffer, or raise a UsageError naming the first bad key.
 
-    Nothing is loaded unless everything fits. Tensors are cast to the module's dtypes (files
-    may be fp16; the module decides what it runs in).
+    Nothing is loaded unless everything fits. Floating tensors are cast to `dtype`, or to the
+    module's dtypes (files may be fp16; the module decides what it runs in). `assign=True`
+    hands the tensors themselves to the module (one built on the meta device), so no second
+    copy of the weights is ever allocated.
     """
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -118,7 +125,11 @@ def load_module_state(
                 f"{source}: key {key} has shape {tuple(tensor.shape)}, "
                 f"expected {tuple(expected[key].shape)}"
             )
-    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    cast = {
+        key: tensor.to(dtype or expected[key].dtype) if tensor.is_floating_point() else tensor
+        for key, tensor in state.items()
+    }
+    module.load_state_dict(cast, assign=assign)
 
 
 def step_dir_name(step: int) -> str:

@@ -12,9 +12,9 @@ from latentdiff.checkpoints.bundle import (
     WEIGHTS_FILE,
     Components,
     build_components,
-    load_components,
     save_components,
 )
+from latentdiff.checkpoints.sources import load_model
 from latentdiff.config import ModelConfig, tiny_config
 from latentdiff.errors import UsageError
 from latentdiff.models.tokenizer import Tokenizer
@@ -50,7 +50,7 @@ def test_round_trip_stores_fp16_weights_loaded_back_as_fp32(
     original: Components, tmp_path: Path
 ) -> None:
     save_components(original, tmp_path)
-    loaded = load_components(tmp_path, CPU)
+    loaded = load_model(tmp_path, CPU)[0]
     assert loaded.config == original.config
     for name, module in loaded.modules().items():
         expected = fp16_rounded(original.modules()[name])
@@ -64,7 +64,7 @@ def test_round_trip_stores_fp16_weights_loaded_back_as_fp32(
 
 def test_round_trip_gives_the_same_module_outputs(original: Components, tmp_path: Path) -> None:
     save_components(original, tmp_path)
-    loaded = load_components(tmp_path, CPU)
+    loaded = load_model(tmp_path, CPU)[0]
     rounded = build_components(original.config, original.tokenizer)
     for name, module in rounded.modules().items():
         module.load_state_dict(fp16_rounded(original.modules()[name]))
@@ -82,7 +82,7 @@ def test_round_trip_gives_the_same_module_outputs(original: Components, tmp_path
 
 def test_float32_storage_is_exact(original: Components, tmp_path: Path) -> None:
     save_components(original, tmp_path, dtype=torch.float32)
-    loaded = load_components(tmp_path, CPU)
+    loaded = load_model(tmp_path, CPU)[0]
     for name, module in loaded.modules().items():
         for key, tensor in original.modules()[name].state_dict().items():
             assert torch.equal(module.state_dict()[key], tensor), f"{name}.{key}"
@@ -107,26 +107,26 @@ def test_saved_folder_holds_the_three_files_and_prefixed_keys(
 def test_missing_file_is_a_usage_error_naming_it(model_copy: Path, missing: str) -> None:
     (model_copy / missing).unlink()
     with pytest.raises(UsageError, match=f"has no {missing}"):
-        load_components(model_copy, CPU)
+        load_model(model_copy, CPU)[0]
 
 
 def test_truncated_weights_file_is_a_usage_error_naming_it(model_copy: Path) -> None:
     weights = model_copy / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(UsageError, match=f"cannot read weights .*{WEIGHTS_FILE}"):
-        load_components(model_copy, CPU)
+        load_model(model_copy, CPU)[0]
 
 
 def test_garbage_weights_file_is_a_usage_error(model_copy: Path) -> None:
     (model_copy / WEIGHTS_FILE).write_bytes(b"not a safetensors file")
     with pytest.raises(UsageError, match=WEIGHTS_FILE):
-        load_components(model_copy, CPU)
+        load_model(model_copy, CPU)[0]
 
 
 def test_corrupt_config_is_a_usage_error(model_copy: Path) -> None:
     (model_copy / CONFIG_FILE).write_text("{ not json")
     with pytest.raises(UsageError, match=CONFIG_FILE):
-        load_components(model_copy, CPU)
+        load_model(model_copy, CPU)[0]
 
 
 def edit_weights(folder: Path, edit) -> None:
@@ -138,19 +138,19 @@ def edit_weights(folder: Path, edit) -> None:
 def test_missing_key_is_a_usage_error_naming_it(model_copy: Path) -> None:
     edit_weights(model_copy, lambda state: state.pop("unet.conv_out.weight"))
     with pytest.raises(UsageError, match=r"\[unet\]: missing key conv_out\.weight"):
-        load_components(model_copy, CPU)
+        load_model(model_copy, CPU)[0]
 
 
 def test_unexpected_key_is_a_usage_error_naming_it(model_copy: Path) -> None:
     edit_weights(model_copy, lambda state: state.update({"text_encoder.extra": torch.ones(2)}))
     with pytest.raises(UsageError, match=r"\[text_encoder\]: unexpected key extra"):
-        load_components(model_copy, CPU)
+        load_model(model_copy, CPU)[0]
 
 
 def test_key_of_no_component_is_a_usage_error_naming_it(model_copy: Path) -> None:
     edit_weights(model_copy, lambda state: state.update({"vae.decoder.weight": torch.ones(2)}))
     with pytest.raises(UsageError, match=r"unexpected key vae\.decoder\.weight"):
-        load_components(model_copy, CPU)
+        load_model(model_copy, CPU)[0]
 
 
 def test_wrong_shape_is_a_usage_error_naming_key_and_shapes(model_copy: Path) -> None:
@@ -159,7 +159,7 @@ def test_wrong_shape_is_a_usage_error_naming_key_and_shapes(model_copy: Path) ->
 
     edit_weights(model_copy, widen)
     with pytest.raises(UsageError, match=r"key quant_conv\.bias has shape \(99,\), expected"):
-        load_components(model_copy, CPU)
+        load_model(model_copy, CPU)[0]
 
 
 def test_load_module_state_changes_nothing_when_a_later_key_is_bad() -> None:
@@ -179,6 +179,11 @@ def test_load_module_state_casts_to_the_module_dtype() -> None:
     assert torch.equal(module.weight, torch.ones(2, 3))
 
 
-def test_a_path_that_is_not_a_folder_is_a_usage_error(model_copy: Path) -> None:
+def test_a_file_that_is_no_checkpoint_is_a_usage_error(model_copy: Path) -> None:
+    with pytest.raises(UsageError, match="not a checkpoint file"):
+        load_model(model_copy / CONFIG_FILE, CPU)
+
+
+def test_a_missing_path_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no model folder"):
-        load_components(model_copy / CONFIG_FILE, CPU)
+        load_model(tmp_path / "nowhere", CPU)

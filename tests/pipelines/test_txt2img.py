@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from latentdiff.checkpoints.bundle import Components, load_components
+from latentdiff.checkpoints.bundle import Components
+from latentdiff.checkpoints.sources import load_model
 from latentdiff.diffusion.schedules import SchedulerSettings
 from latentdiff.errors import UsageError
 from latentdiff.pipelines.common import (
@@ -22,7 +23,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def components(tiny_model_dir: Path) -> Components:
-    return load_components(tiny_model_dir, CPU)
+    return load_model(tiny_model_dir, CPU)[0]
 
 
 def sample(components: Components, seeds: list[int], **kwargs) -> torch.Tensor:

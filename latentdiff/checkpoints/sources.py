@@ -1,0 +1,249 @@
+"""Every checkpoint a user may hold → one in-memory form → running modules.
+
+Three on-disk formats carry a latent diffusion model: latentdiff's own folder (bundle.py), a
+diffusers folder (diffusers_folder.py) and an original single file in the CompVis layout
+(single_file.py). Each reader returns a `ModelWeights`: the config, the weights in latentdiff's
+key layout per component, how to discretise the sampler (the checkpoint's own scheduler config)
+and where its tokenizer is. Everything downstream — building modules, `latentdiff info`,
+`latentdiff convert` — works on that one form.
+
+Modules are built on the "meta" device and the file's tensors are assigned into them, cast to the
+run dtype one tensor at a time: the weights are never held twice, so peak RAM stays near their
+own size (an fp16 file costs its fp32 copy plus the fp16 tensors not yet cast).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from latentdiff.checkpoints.bundle import (
+    CONFIG_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    Components,
+    resolve_model_path,
+    take_prefix,
+)
+from latentdiff.config import ModelConfig, load_model_config
+from latentdiff.diffusion.schedules import SchedulerSettings
+from latentdiff.errors import UsageError
+from latentdiff.models.autoencoder import Autoencoder
+from latentdiff.models.text_encoder import TextEncoder
+from latentdiff.models.tokenizer import Tokenizer
+from latentdiff.models.unet import UNet
+from latentdiff.training.checkpoint import load_module_state, load_weights
+
+Format = Literal["latentdiff", "diffusers", "single-file"]
+COMPONENTS = ("autoencoder", "unet", "text_encoder")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+
+# What Stable Diffusion's own scheduler configs say (SD 1.x and 2.x alike): "leading" timesteps
+# offset by 1 for DDIM/DDPM, no `timestep_spacing` key, so Euler/Heun/DPM-Solver use their
+# class default ("linspace") in diffusers. A single file carries no scheduler config, and
+# diffusers' `from_single_file` falls back to these.
+SD_SCHEDULER = SchedulerSettings(spacing=None, steps_offset=1, set_alpha_to_one=False)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What a user may tell the loader that a checkpoint cannot say about itself."""
+
+    tokenizer: Path | None = None
+    """A CLIP tokenizer folder (vocab.json + merges.txt) for single files, which hold none."""
+    version: Literal["sd1", "sd2"] | None = None
+    """Override the detected Stable Diffusion version of a single file."""
+    prediction_type: Literal["epsilon", "v_prediction"] | None = None
+    """Override the detected (single file) or configured prediction type."""
+    inpainting: bool | None = None
+    """Override the inpainting detection of a single file (9 U-Net input channels)."""
+    use_ema: bool = False
+    """Take the EMA copy of a full single-file checkpoint's U-Net instead of the trained weights."""
+    variant: str | None = None
+    """A diffusers weight variant, e.g. "fp16" for `*.fp16.safetensors`."""
+
+
+@dataclass
+class ModelWeights:
+    """A checkpoint in memory: config, weights (latentdiff keys), scheduler, tokenizer."""
+
+    config: ModelConfig
+    states: dict[str, dict[str, torch.Tensor]]
+    """Component name → its weights in latentdiff's key layout, in the file's dtypes."""
+    scheduler: SchedulerSettings
+    tokenizer: Tokenizer | Path | None
+    """latentdiff's own tokenizer, a CLIP tokenizer folder, or None (a single file alone)."""
+    format: Format
+    path: Path
+    notes: list[str] = field(default_factory=list)
+    """What was detected or assumed, for `latentdiff info`."""
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {name: sum(t.numel() for t in state.values()) for name, state in self.states.items()}
+
+    def dtypes(self) -> list[str]:
+        """The floating dtypes the weights are stored in."""
+        found = {
+            str(t.dtype).removeprefix("torch.")
+            for state in self.states.values()
+            for t in state.values()
+            if t.is_floating_point()
+        }
+        return sorted(found)
+
+
+def detect_format(path: str | os.PathLike) -> Format:
+    """Which of the three formats `path` is, from the files it holds."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+            return "single-file"
+        raise UsageError(
+            f"{path}: not a checkpoint file (expected one of {', '.join(SINGLE_FILE_SUFFIXES)})"
+        )
+    if path.is_dir():
+        if (path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file():
+            return "diffusers"
+        return "latentdiff"  # its reader names any file it lacks
+    raise UsageError(f"no checkpoint at {path}")
+
+
+def read_model(name_or_path: str | os.PathLike, options: LoadOptions | None = None) -> ModelWeights:
+    """Read any supported checkpoint (or a bundled model by name) into memory."""
+    options = options or LoadOptions()
+    path = resolve_checkpoint_path(name_or_path)
+    kind = detect_format(path)
+    if kind == "latentdiff":
+        return _read_latentdiff(path, options)
+    if kind == "diffusers":
+        return _read_diffusers(path, options)
+    return _read_single_file(path, options)
+
+
+def resolve_checkpoint_path(name_or_path: str | os.PathLike) -> Path:
+    """A bundled model's name, a folder or a single file → its path."""
+    if Path(name_or_path).is_file():
+        return Path(name_or_path)
+    return resolve_model_path(name_or_path)
+
+
+def components_from_weights(
+    weights: ModelWeights, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Components:
+    """Modules built on the meta device, then given the checkpoint's tensors (cast to `dtype`).
+
+    Every key and shape is checked before anything is assigned (a bad file never half-loads);
+    each component's tensors are released as soon as they are in their module.
+    """
+    config = weights.config
+    with torch.device("meta"):
+        modules = {
+            "autoencoder": Autoencoder(config.autoencoder),
+            "unet": UNet(config.unet),
+            "text_encoder": TextEncoder(config.text_encoder),
+        }
+    source = str(weights.path)
+    for name, module in modules.items():
+        state = weights.states.get(name)
+        if state is None:
+            raise UsageError(f"{source}: no {name} weights")
+        load_module_state(module, state, f"{source} [{name}]", assign=True, dtype=dtype)
+        weights.states[name] = {}  # the module owns the tensors now
+        module.to(device).eval().requires_grad_(False)
+    return Components(
+        config=config,
+        autoencoder=modules["autoencoder"],
+        unet=modules["unet"],
+        text_encoder=modules["text_encoder"],
+        tokenizer=load_tokenizer(weights),
+    )
+
+
+def load_tokenizer(weights: ModelWeights):  # noqa: ANN201 - our Tokenizer or a CLIPTokenizer
+    """The checkpoint's tokenizer, ready to use."""
+    if isinstance(weights.tokenizer, Tokenizer):
+        return weights.tokenizer
+    if weights.tokenizer is None:
+        raise UsageError(
+            f"{weights.path} holds no tokenizer: pass --tokenizer FOLDER (a CLIP tokenizer folder "
+            "with vocab.json and merges.txt, e.g. the tokenizer/ of a diffusers SD folder)"
+        )
+    from latentdiff.models.clip_tokenizer import CLIPTokenizer
+
+    return CLIPTokenizer.load(weights.tokenizer)
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    device: torch.device,
+    options: LoadOptions | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Components, SchedulerSettings]:
+    """Read a checkpoint of any format and build its modules on `device`."""
+    weights = read_model(name_or_path, options)
+    return components_from_weights(weights, device, dtype), weights.scheduler
+
+
+def _read_latentdiff(folder: Path, options: LoadOptions) -> ModelWeights:
+    for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
+        if not (folder / name).is_file():
+            raise UsageError(f"model folder {folder} has no {name}")
+    config = _with_prediction_type(load_model_config(folder / CONFIG_FILE), options)
+    tokenizer = Tokenizer.load(folder / TOKENIZER_FILE)
+    if tokenizer.vocab_size > config.text_encoder.vocab_size:
+        raise UsageError(
+            f"{folder / TOKENIZER_FILE} has {tokenizer.vocab_size} tokens; the text encoder "
+            f"embeds only {config.text_encoder.vocab_size}"
+        )
+    state, _ = load_weights(folder / WEIGHTS_FILE)
+    strays = sorted(k for k in state if k.split(".", 1)[0] not in COMPONENTS)
+    if strays:  # a key under no component's prefix would otherwise be silently dropped
+        raise UsageError(
+            f"{folder / WEIGHTS_FILE}: unexpected key {strays[0]} ({len(strays)} unexpected)"
+        )
+    states = {name: take_prefix(state, name + ".") for name in COMPONENTS}
+    return ModelWeights(config, states, SchedulerSettings(), tokenizer, "latentdiff", folder)
+
+
+def _read_diffusers(folder: Path, options: LoadOptions) -> ModelWeights:
+    from latentdiff.checkpoints.diffusers_folder import read_diffusers_folder
+
+    model = read_diffusers_folder(folder, variant=options.variant)
+    tokenizer = options.tokenizer or model.tokenizer_dir
+    return ModelWeights(
+        _with_prediction_type(model.config, options),
+        model.states,
+        model.scheduler,
+        tokenizer,
+        "diffusers",
+        folder,
+    )
+
+
+def _read_single_file(path: Path, options: LoadOptions) -> ModelWeights:
+    from latentdiff.checkpoints.single_file import read_single_file
+
+    config, states = read_single_file(
+        path,
+        version=options.version,
+        prediction_type=options.prediction_type,
+        inpainting=options.inpainting,
+        use_ema=options.use_ema,
+    )
+    notes = [] if options.prediction_type else ["prediction type inferred from the version"]
+    return ModelWeights(
+        config, states, SD_SCHEDULER, options.tokenizer, "single-file", path, notes=notes
+    )
+
+
+def _with_prediction_type(config: ModelConfig, options: LoadOptions) -> ModelConfig:
+    if options.prediction_type is None:
+        return config
+    from dataclasses import replace
+
+    diffusion = replace(config.diffusion, prediction_type=options.prediction_type)
+    return replace(config, diffusion=diffusion)
