@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -383,12 +383,31 @@ def sd21_base_config() -> ModelConfig:
     return _sd2_model("epsilon", 512)
 
 
+def inpainting(config: ModelConfig) -> ModelConfig:
+    """The inpainting variant of a model: the U-Net also sees the mask and the masked image's
+    latent, 9 input channels = latent 4 + mask 1 + masked latent 4 (SD's inpainting models)."""
+    unet = replace(config.unet, in_channels=2 * config.autoencoder.latent_channels + 1)
+    return replace(config, unet=unet)
+
+
+def sd15_inpainting_config() -> ModelConfig:
+    """Stable Diffusion 1.5 inpainting (runwayml's 9-channel fine-tune of SD 1.2)."""
+    return inpainting(sd15_config())
+
+
+def sd2_inpainting_config() -> ModelConfig:
+    """Stable Diffusion 2 inpainting (512×512, ε-prediction, fine-tuned from 2-base)."""
+    return inpainting(sd21_base_config())
+
+
 PRESETS = {
     "shapes": shapes_config,
     "tiny": tiny_config,
     "sd15": sd15_config,
+    "sd15-inpainting": sd15_inpainting_config,
     "sd21": sd21_config,
     "sd21-base": sd21_base_config,
+    "sd2-inpainting": sd2_inpainting_config,
 }
 
 

@@ -247,3 +247,65 @@ def _with_prediction_type(config: ModelConfig, options: LoadOptions) -> ModelCon
 
     diffusion = replace(config.diffusion, prediction_type=options.prediction_type)
     return replace(config, diffusion=diffusion)
+
+
+def write_model(
+    weights: ModelWeights,
+    output: str | os.PathLike,
+    *,
+    to: Literal["diffusers", "single-file"],
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Write `weights` as a diffusers folder or an original single file (`dtype` casts)."""
+    if to == "single-file":
+        from latentdiff.checkpoints.single_file import write_single_file
+
+        if Path(output).suffix.lower() != ".safetensors":
+            raise UsageError(f"{output}: single files are written as .safetensors only")
+        write_single_file(output, weights.config, weights.states, dtype=dtype)
+        return
+    from latentdiff.checkpoints.diffusers_folder import write_diffusers_folder
+
+    if not isinstance(weights.tokenizer, Path):
+        raise UsageError(
+            f"{weights.path} holds no CLIP tokenizer, which a diffusers folder needs: pass "
+            "--tokenizer FOLDER (vocab.json and merges.txt)"
+        )
+    write_diffusers_folder(
+        output,
+        weights.config,
+        weights.states,
+        scheduler=weights.scheduler,
+        tokenizer_dir=weights.tokenizer,
+        dtype=dtype,
+    )
+
+
+def sd_version(config: ModelConfig) -> str:
+    """The Stable Diffusion family a config belongs to, by its text-context width."""
+    family = {768: "SD 1.x", 1024: "SD 2.x"}.get(config.unet.context_dim, "latentdiff")
+    inpainting = config.unet.in_channels == 2 * config.autoencoder.latent_channels + 1
+    return f"{family} inpainting" if inpainting else family
+
+
+def describe(weights: ModelWeights) -> list[str]:
+    """What `latentdiff info` prints: one fact per line."""
+    config = weights.config
+    counts = weights.parameter_counts()
+    tokenizer = weights.tokenizer
+    return [
+        f"path: {weights.path}",
+        f"format: {weights.format}",
+        f"version: {sd_version(config)}",
+        f"prediction type: {config.diffusion.prediction_type}",
+        f"sample size: {config.sample_size} px (latent factor {config.autoencoder.downsample_factor})",
+        *(f"parameters {name}: {counts[name]:,}" for name in COMPONENTS if name in counts),
+        f"parameters total: {sum(counts.values()):,}",
+        f"dtype: {', '.join(weights.dtypes())}",
+        f"text encoder: {config.text_encoder.layers} layers, width {config.text_encoder.width}, "
+        f"output {config.text_encoder.output_layer}",
+        f"scheduler: {weights.scheduler}",
+        "tokenizer: "
+        + ("latentdiff word-level" if isinstance(tokenizer, Tokenizer) else str(tokenizer)),
+        *(f"note: {note}" for note in weights.notes),
+    ]

@@ -13,7 +13,7 @@ from typing import NoReturn
 from latentdiff.errors import UsageError
 
 # Each module keeps torch out of its top-level imports, so parsing (and `--help`) stays fast.
-SUBCOMMAND_MODULES = ("world", "evaluate", "generate", "train")
+SUBCOMMAND_MODULES = ("world", "evaluate", "generate", "train", "checkpoints")
 
 
 class ArgumentParser(argparse.ArgumentParser):

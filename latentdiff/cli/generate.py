@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
 from PIL import Image
 from tqdm import tqdm
 
+from latentdiff.cli.checkpoints import add_load_options, load_options
 from latentdiff.errors import UsageError
 from latentdiff.pipelines.request import SCHEDULES, GenerationRequest
 
@@ -21,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("prompt", nargs="?", help="the text prompt (or use --prompts-file)")
     parser.add_argument("--negative-prompt", default=None, help="text to steer away from")
-    parser.add_argument("--model", default="shapes", help="bundled model name or model folder")
+    parser.add_argument(
+        "--model", default="shapes", help="bundled model, model/diffusers folder or SD single file"
+    )
     parser.add_argument(
         "--sampler", default="dpmpp_2m", help="ddpm, ddim, euler, euler_a, heun, dpmpp_2m"
     )
@@ -42,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_load_options(parser)
     parser.set_defaults(func=run_generate)
 
 
@@ -67,7 +72,8 @@ def run_generate(args: argparse.Namespace) -> None:
 
     request.validate(1, tuple(SAMPLERS))
     paths = plan_paths(args, len(request.prompts))
-    pipeline = load_pipeline(args.model, device=args.device)
+    options = dataclasses.asdict(load_options(args))
+    pipeline = load_pipeline(args.model, device=args.device, **options)
     request.validate(pipeline.components.config.size_multiple, tuple(SAMPLERS))
     progress = tqdm(total=len(paths) * args.steps, unit="step", disable=args.no_progress)
 

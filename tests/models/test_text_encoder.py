@@ -129,3 +129,18 @@ def test_shorter_inputs_use_the_first_positions_and_longer_ones_are_refused():
         torch.testing.assert_close(model(ids[:, :6]), model(ids)[:, :6])
     with pytest.raises(ValueError, match="context length"):
         model(torch.zeros(1, TINY.context_length + 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "preset, expected",
+    [("sd15", 123_060_480), ("sd21", None)],  # CLIP ViT-L/14's text model: 123.06 M
+)
+def test_parameter_count_of_full_size_text_encoders(preset: str, expected: int | None) -> None:
+    from latentdiff.config import PRESETS
+
+    config = PRESETS[preset]().text_encoder
+    with torch.device("meta"):
+        ours = sum(p.numel() for p in TextEncoder(config).parameters())
+        reference = CLIPTextModel(CLIPTextConfig(**transformers_clip_text_config(config)))
+    assert ours == sum(p.numel() for p in reference.parameters())
+    assert expected is None or ours == expected

@@ -127,7 +127,16 @@ def test_initialization_zeroes_each_residual_branch_and_the_output():
     assert model.conv_in.weight.abs().sum() > 0
 
 
-@pytest.mark.parametrize("preset, expected", [("sd15", 859_520_964), ("sd21", 865_910_724)])
+@pytest.mark.parametrize(
+    "preset, expected",
+    [
+        ("sd15", 859_520_964),
+        ("sd21", 865_910_724),
+        # a 9-channel conv_in adds 5 × 320 × 3 × 3 weights
+        ("sd15-inpainting", 859_535_364),
+        ("sd2-inpainting", 865_925_124),
+    ],
+)
 def test_parameter_count_of_full_size_presets(preset, expected):
     config = PRESETS[preset]().unet
     with torch.device("meta"):

@@ -1,0 +1,97 @@
+"""`latentdiff info` and `latentdiff convert`: inspect and rewrite Stable Diffusion checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from latentdiff.errors import UsageError
+
+DTYPES = ("keep", "fp32", "fp16", "bf16")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    info = subparsers.add_parser(
+        "info",
+        help="describe a checkpoint",
+        description="Print a checkpoint's format, detected version, prediction type, parameter "
+        "counts and dtype (a latentdiff or diffusers folder, or an SD single file).",
+    )
+    info.add_argument("path", help="checkpoint file or folder (or a bundled model's name)")
+    add_load_options(info)
+    info.set_defaults(func=run_info)
+
+    convert = subparsers.add_parser(
+        "convert",
+        help="convert a checkpoint between diffusers folders and SD single files",
+        description="Rewrite a Stable Diffusion checkpoint as a diffusers folder or an original "
+        "single .safetensors file (CompVis layout). Round trips are lossless.",
+    )
+    convert.add_argument("input", help="diffusers folder or single file (.safetensors/.ckpt)")
+    convert.add_argument("output", help="folder (--to diffusers) or .safetensors file")
+    convert.add_argument("--to", required=True, choices=("diffusers", "single-file"))
+    convert.add_argument("--dtype", default="keep", choices=DTYPES, help="weights dtype")
+    add_load_options(convert)
+    convert.set_defaults(func=run_convert)
+
+
+def add_load_options(parser: argparse.ArgumentParser) -> None:
+    """The flags that tell the loader what a checkpoint cannot say about itself."""
+    parser.add_argument(
+        "--tokenizer", default=None, help="CLIP tokenizer folder (single files hold none)"
+    )
+    parser.add_argument(
+        "--version", dest="sd_version", choices=("sd1", "sd2"), default=None,
+        help="override the detected SD version (single files)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--prediction-type", choices=("epsilon", "v_prediction"), default=None,
+        help="override the detected prediction type",
+    )  # fmt: skip
+    parser.add_argument(
+        "--inpainting", action=argparse.BooleanOptionalAction, default=None,
+        help="override the inpainting detection (single files)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ema", action="store_true", help="use a full checkpoint's EMA U-Net weights"
+    )
+    parser.add_argument("--variant", default=None, help='diffusers weight variant, e.g. "fp16"')
+
+
+def load_options(args: argparse.Namespace):  # noqa: ANN201 - LoadOptions, imported lazily
+    from latentdiff.checkpoints.sources import LoadOptions
+
+    return LoadOptions(
+        tokenizer=Path(args.tokenizer) if args.tokenizer else None,
+        version=args.sd_version,
+        prediction_type=args.prediction_type,
+        inpainting=args.inpainting,
+        use_ema=args.ema,
+        variant=args.variant,
+    )
+
+
+def run_info(args: argparse.Namespace) -> None:
+    from latentdiff.checkpoints.sources import describe, read_model
+
+    for line in describe(read_model(args.path, load_options(args))):
+        print(line)
+
+
+def run_convert(args: argparse.Namespace) -> None:
+    import torch
+
+    from latentdiff.checkpoints.sources import read_model, write_model
+
+    dtype = {"keep": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    output = Path(args.output)
+    if output.exists() and (output.is_file() or any(output.iterdir())):
+        raise UsageError(f"{output} exists; choose a new output path")
+    weights = read_model(args.input, load_options(args))
+    if weights.format == "latentdiff":
+        raise UsageError(
+            f"{args.input} is a latentdiff model folder; convert reads Stable Diffusion "
+            "checkpoints (diffusers folders and single files)"
+        )
+    write_model(weights, output, to=args.to, dtype=dtype[args.dtype])
+    print(f"wrote {output} ({args.to})")
