@@ -20,7 +20,7 @@ from latentdiff.errors import UsageError
 from latentdiff.fileio import atomic_write, write_json
 from latentdiff.models.autoencoder import Autoencoder
 from latentdiff.models.text_encoder import TextEncoder
-from latentdiff.models.tokenizer import Tokenizer
+from latentdiff.models.tokenizer import PromptTokenizer, Tokenizer
 from latentdiff.models.unet import UNet
 from latentdiff.training.checkpoint import save_weights
 
@@ -39,7 +39,8 @@ class Components:
     autoencoder: Autoencoder
     unet: UNet
     text_encoder: TextEncoder
-    tokenizer: Tokenizer
+    tokenizer: PromptTokenizer
+    """latentdiff's own tokenizer, or SD's CLIP tokenizer for real checkpoints."""
 
     def modules(self) -> dict[str, nn.Module]:
         return {

@@ -34,7 +34,7 @@ from latentdiff.diffusion.schedules import SchedulerSettings
 from latentdiff.errors import UsageError
 from latentdiff.models.autoencoder import Autoencoder
 from latentdiff.models.text_encoder import TextEncoder
-from latentdiff.models.tokenizer import Tokenizer
+from latentdiff.models.tokenizer import PromptTokenizer, Tokenizer
 from latentdiff.models.unet import UNet
 from latentdiff.training.checkpoint import load_module_state, load_weights
 
@@ -163,7 +163,7 @@ def components_from_weights(
     )
 
 
-def load_tokenizer(weights: ModelWeights):  # noqa: ANN201 - our Tokenizer or a CLIPTokenizer
+def load_tokenizer(weights: ModelWeights) -> PromptTokenizer:
     """The checkpoint's tokenizer, ready to use."""
     if isinstance(weights.tokenizer, Tokenizer):
         return weights.tokenizer

@@ -8,7 +8,8 @@ learn as wholes and spend embedding rows on fragments that never occur.
 Every latentdiff tokenizer has the same special ids, so models can rely on them: `<pad>` = 0
 (= `TextEncoderConfig.pad_token_id`), `<unk>` = 1, `<bos>` = 2, `<eos>` = 3. (The eos id is not
 2 because transformers' `CLIPTextModel` treats `eos_token_id == 2` as its legacy "pool at the
-highest id" convention.) Real SD checkpoints use transformers' CLIP tokenizer instead.
+highest id" convention.) Real SD checkpoints use transformers' CLIP tokenizer instead
+(`models/clip_tokenizer.py`); both satisfy `PromptTokenizer`, the contract pipelines rely on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import tokenizers
 import torch
@@ -34,9 +36,84 @@ WORLD_CORPUS_SIZE = 10_000
 """Captions the world tokenizer is trained on: enough that every word of the grammar appears."""
 
 
+@runtime_checkable
+class PromptTokenizer(Protocol):
+    """What pipelines need from a tokenizer: the ids of a text, and the special ids to frame them.
+
+    A framed row is `bos tokens eos pad…` of the text encoder's context length. Prompts longer
+    than one row are split by `pipelines/prompts.py`, which is why the bare ids are exposed.
+    """
+
+    max_chunks: int | None
+    """How many context rows one prompt may span: None for CLIP (AUTOMATIC1111's chunking of
+    long prompts), 1 for latentdiff's own models (trained on single rows: longer is truncated)."""
+
+    @property
+    def vocab_size(self) -> int:
+        """Ids the tokenizer can produce (the text encoder's embedding must have as many rows)."""
+        ...
+
+    @property
+    def bos_id(self) -> int: ...
+
+    @property
+    def eos_id(self) -> int: ...
+
+    @property
+    def pad_id(self) -> int:
+        """Fills a row after its eos (SD 1.x: the eos itself; SD 2.x: "!" = 0)."""
+        ...
+
+    def tokenize(self, text: str) -> list[int]:
+        """The ids of `text` alone: no bos, eos or padding, never truncated."""
+        ...
+
+    def encode(self, texts: list[str], context_length: int) -> torch.Tensor:
+        """Prompts → framed rows (B, context_length); over-long prompts truncated with a warning."""
+        ...
+
+
+def check_prompts(texts: list[str], context_length: int) -> None:
+    """The argument checks every `encode` shares."""
+    if isinstance(texts, str):
+        raise TypeError("encode takes a list of prompts, not a single string")
+    if context_length < 2:
+        raise ValueError("context_length must leave room for <bos> and <eos>")
+
+
+def frame(tokens: list[int], context_length: int, tokenizer: PromptTokenizer) -> list[int]:
+    """`bos tokens eos pad…`, `context_length` ids; `tokens` must leave room for bos and eos."""
+    if len(tokens) > context_length - 2:
+        raise ValueError(f"{len(tokens)} tokens do not fit a context of {context_length}")
+    row = [tokenizer.bos_id, *tokens, tokenizer.eos_id]
+    return row + [tokenizer.pad_id] * (context_length - len(row))
+
+
+def frame_prompts(
+    texts: list[str], tokens: list[list[int]], context_length: int, tokenizer: PromptTokenizer
+) -> torch.Tensor:
+    """Each prompt's ids framed into one row, (B, context_length).
+
+    A prompt longer than the context keeps its first `context_length − 2` tokens and its eos
+    (so the pooled state still sits on an eos), with a warning naming the prompt.
+    """
+    rows = []
+    for text, ids in zip(texts, tokens, strict=True):
+        if len(ids) > context_length - 2:
+            warnings.warn(
+                f"prompt of {len(ids) + 2} tokens truncated to {context_length}: {text!r}",
+                stacklevel=3,  # the caller of `encode`
+            )
+            ids = ids[: context_length - 2]
+        rows.append(frame(ids, context_length, tokenizer))
+    return torch.tensor(rows, dtype=torch.long).view(len(rows), context_length)
+
+
 class Tokenizer:
     """A trained `tokenizers.Tokenizer` that lower-cases, splits words and punctuation, and
     frames each prompt as `<bos> words <eos> <pad>…`."""
+
+    max_chunks = 1
 
     def __init__(self, tokenizer: tokenizers.Tokenizer) -> None:
         problem = _special_token_problem(tokenizer)
@@ -48,27 +125,31 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._tokenizer.get_vocab_size()
 
+    @property
+    def bos_id(self) -> int:
+        return BOS_ID
+
+    @property
+    def eos_id(self) -> int:
+        return EOS_ID
+
+    @property
+    def pad_id(self) -> int:
+        return PAD_ID
+
+    def tokenize(self, text: str) -> list[int]:
+        """Word ids of `text` (lower-cased; unknown words → `<unk>`), without framing."""
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
     def encode(self, texts: list[str], context_length: int) -> torch.Tensor:
         """Prompts → ids (B, context_length): `<bos> tokens <eos>` then `<pad>`s.
 
         A prompt longer than the context keeps its first `context_length − 2` tokens and its
         `<eos>` (so the pooled state still sits on an eos), with a warning.
         """
-        if isinstance(texts, str):
-            raise TypeError("encode takes a list of prompts, not a single string")
-        if context_length < 2:
-            raise ValueError("context_length must leave room for <bos> and <eos>")
-        rows = []
-        for text, encoding in zip(texts, self._tokenizer.encode_batch(texts), strict=True):
-            ids = encoding.ids
-            if len(ids) > context_length:
-                warnings.warn(
-                    f"prompt of {len(ids)} tokens truncated to {context_length}: {text!r}",
-                    stacklevel=2,
-                )
-                ids = ids[: context_length - 1] + [EOS_ID]
-            rows.append(ids + [PAD_ID] * (context_length - len(ids)))
-        return torch.tensor(rows, dtype=torch.long).view(len(rows), context_length)
+        check_prompts(texts, context_length)
+        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
+        return frame_prompts(texts, [e.ids for e in encodings], context_length, self)
 
     def save(self, path: str | Path) -> None:
         """Write `tokenizer.json` (into `path` if it is a directory, else to `path` itself)."""

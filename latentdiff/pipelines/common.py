@@ -8,14 +8,21 @@ from PIL import Image
 
 from latentdiff.checkpoints.bundle import Components
 from latentdiff.models.autoencoder import from_diffusion_latents, to_diffusion_latents
+from latentdiff.pipelines.prompts import encode_prompts
 
 
-@torch.no_grad()
 def encode_prompt(components: Components, prompts: list[str]) -> torch.Tensor:
-    """Prompts → the text encoder's context for cross-attention, (B, L, D)."""
-    device = next(components.text_encoder.parameters()).device
-    ids = components.tokenizer.encode(prompts, components.config.text_encoder.context_length)
-    return components.text_encoder(ids.to(device))
+    """Prompts → the text encoder's context for cross-attention, (B, n·L, D): `(word:1.2)`
+    emphasis, and prompts longer than the context split into n chunks where the tokenizer
+    allows it (SD's CLIP), truncated with a warning otherwise."""
+    tokenizer = components.tokenizer
+    return encode_prompts(
+        components.text_encoder,
+        tokenizer,
+        prompts,
+        components.config.text_encoder.context_length,
+        max_chunks=tokenizer.max_chunks,
+    )
 
 
 @torch.no_grad()

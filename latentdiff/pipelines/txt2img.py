@@ -62,8 +62,8 @@ def txt2img_latents(
     sampler = request.sampler
     sigmas = sigmas_for(sampler, config.diffusion, request.num_inference_steps, settings)
     sigmas = sigmas.to(device, torch.float32)
-    cond = encode_prompt(components, request.prompts)
-    uncond = encode_prompt(components, request.negative_prompts)
+    # One call, so that a prompt and its negative span the same number of 77-token chunks.
+    cond, uncond = encode_prompt(components, request.prompts + request.negative_prompts).chunk(2)
     denoiser = Denoiser(
         components.unet, config.diffusion, quantize=quantize_timesteps(sampler, settings)
     )

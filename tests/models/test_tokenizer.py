@@ -12,8 +12,10 @@ from latentdiff.models.tokenizer import (
     EOS_ID,
     PAD_ID,
     UNK_ID,
+    PromptTokenizer,
     Tokenizer,
     build_world_tokenizer,
+    frame,
     train_tokenizer,
 )
 from latentdiff.world import palette
@@ -69,8 +71,9 @@ def test_punctuation_is_split_off_and_unknown_words_are_unk(tokenizer):
 
 def test_truncation_keeps_eos_last_and_warns(tokenizer):
     long_prompt = "a small yellow triangle above a green circle"  # 8 words
-    with pytest.warns(UserWarning, match="truncated to 6"):
+    with pytest.warns(UserWarning, match="truncated to 6") as record:
         ids = tokenizer.encode([long_prompt, "a red circle"], context_length=6)
+    assert record[0].filename == __file__  # the warning points at the caller
     assert ids[0].tolist() == [BOS_ID, *word_ids(tokenizer, long_prompt)[:4], EOS_ID]
     assert ids[1].tolist()[-2:] == [EOS_ID, PAD_ID]
 
@@ -152,3 +155,23 @@ def test_world_tokenizer_is_deterministic(world_tokenizer, tmp_path):
     again = build_world_tokenizer(seed=0)
     again.save(tmp_path / "again.json")
     assert (tmp_path / "again.json").read_text() == (tmp_path / "tokenizer.json").read_text()
+
+
+def test_prompt_tokenizer_members(tokenizer):
+    assert isinstance(tokenizer, PromptTokenizer)
+    assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) == (BOS_ID, EOS_ID, PAD_ID)
+    long_prompt = " ".join(CAPTIONS)  # 24 words, more than the context below
+    tokens = tokenizer.tokenize(long_prompt)
+    assert len(tokens) == 24 and min(tokens) > EOS_ID  # bare ids, never truncated
+    assert tokenizer.tokenize("A red, ZEBRA") == [*word_ids(tokenizer, "a red"), UNK_ID, UNK_ID]
+    assert tokenizer.tokenize("") == []
+    with pytest.warns(UserWarning):
+        framed = tokenizer.encode([long_prompt], context_length=10)[0].tolist()
+    assert framed == [BOS_ID, *tokens[:8], EOS_ID]
+
+
+def test_frame_pads_with_the_tokenizers_pad_id(tokenizer):
+    assert frame([7, 8], 6, tokenizer) == [BOS_ID, 7, 8, EOS_ID, PAD_ID, PAD_ID]
+    assert frame([], 2, tokenizer) == [BOS_ID, EOS_ID]
+    with pytest.raises(ValueError, match="3 tokens do not fit a context of 4"):
+        frame([7, 8, 9], 4, tokenizer)

@@ -1,0 +1,98 @@
+"""OpenAI CLIP's byte-level BPE tokenizer, as real Stable Diffusion checkpoints ship it.
+
+SD's U-Net was trained on the hidden states of CLIP (SD 1.x) or OpenCLIP (SD 2.x) text towers,
+fed by this tokenizer; our `TextEncoder` equals transformers' `CLIPTextModel`, so the states are
+SD's exactly when the ids are. The ids are therefore those of transformers' `CLIPTokenizer`,
+which is what diffusers' pipelines call, read from a checkpoint's `tokenizer/` folder
+(`vocab.json` + `merges.txt` + `special_tokens_map.json` + `tokenizer_config.json`, or a
+`tokenizer.json` written by transformers). This module only adapts it to `PromptTokenizer`.
+
+The padding token is the folder's own: SD 1.x pads with `<|endoftext|>` (= eos), SD 2.x with
+"!" (id 0); the U-Net has seen that padding in every prompt it was trained on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from latentdiff.errors import UsageError
+from latentdiff.models.tokenizer import check_prompts, frame_prompts
+
+if TYPE_CHECKING:
+    import transformers
+
+VOCAB_FILE, MERGES_FILE, TOKENIZER_FILE = "vocab.json", "merges.txt", "tokenizer.json"
+
+
+class CLIPTokenizer:
+    """transformers' `CLIPTokenizer` behind latentdiff's `PromptTokenizer` contract."""
+
+    max_chunks = None
+
+    def __init__(self, tokenizer: transformers.CLIPTokenizer) -> None:
+        ids = [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id]
+        if None in ids or tokenizer.bos_token_id == tokenizer.eos_token_id:
+            raise ValueError("a CLIP tokenizer needs distinct bos and eos tokens and a pad token")
+        self._tokenizer = tokenizer
+        # The Rust tokenizer itself: transformers' `__call__` adds nothing for CLIP but a
+        # warning on every prompt longer than 77 tokens, which chunked prompts are by design.
+        self._backend = tokenizer.backend_tokenizer
+
+    @property
+    def transformers_tokenizer(self) -> transformers.CLIPTokenizer:
+        """The wrapped tokenizer (to save it beside a converted checkpoint, for instance)."""
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._tokenizer)
+
+    @property
+    def bos_id(self) -> int:
+        return self._tokenizer.bos_token_id
+
+    @property
+    def eos_id(self) -> int:
+        return self._tokenizer.eos_token_id
+
+    @property
+    def pad_id(self) -> int:
+        return self._tokenizer.pad_token_id
+
+    def tokenize(self, text: str) -> list[int]:
+        """BPE ids of `text` (lower-cased, whitespace collapsed), without framing."""
+        return self._backend.encode(text, add_special_tokens=False).ids
+
+    def encode(self, texts: list[str], context_length: int) -> torch.Tensor:
+        """Prompts → ids (B, context_length): bos, tokens, eos, then the pad token.
+
+        Equals transformers' `tokenizer(texts, padding="max_length", max_length=context_length,
+        truncation=True).input_ids`, except that truncating a prompt also warns.
+        """
+        check_prompts(texts, context_length)
+        encodings = self._backend.encode_batch(texts, add_special_tokens=False) if texts else []
+        return frame_prompts(texts, [e.ids for e in encodings], context_length, self)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> CLIPTokenizer:
+        """Read a CLIP tokenizer folder (a diffusers checkpoint's `tokenizer/`)."""
+        folder = Path(folder)
+        has_bpe_files = (folder / VOCAB_FILE).is_file() and (folder / MERGES_FILE).is_file()
+        if not (has_bpe_files or (folder / TOKENIZER_FILE).is_file()):
+            raise UsageError(f"no CLIP tokenizer at {folder}: needs {VOCAB_FILE} and {MERGES_FILE}")
+        from transformers import CLIPTokenizer as TransformersCLIPTokenizer  # 2 s import
+
+        try:
+            tokenizer = TransformersCLIPTokenizer.from_pretrained(folder, local_files_only=True)
+            return cls(tokenizer)
+        except Exception as error:  # JSON, I/O and library errors alike mean a broken folder
+            raise UsageError(
+                f"cannot read CLIP tokenizer at {folder}: {_one_line(error)}"
+            ) from None
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
