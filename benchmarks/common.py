@@ -1,4 +1,4 @@
-"""What the benchmarks share: random shapes weights, a model folder of them, and timing.
+"""What the benchmarks share: random weights, a model folder of them, timing and peak memory.
 
 Speed does not depend on the weights' values, so until the bundled model is trained the
 benchmarks run on random weights of the `shapes` architecture. LDM's initialisation zeroes the
@@ -9,19 +9,27 @@ images are a meaningful comparison rather than two copies of the same constant.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 import torch
+from torch import nn
 
 from latentdiff.checkpoints.bundle import Components, build_components, save_components
 from latentdiff.config import shapes_config
 from latentdiff.models.tokenizer import build_world_tokenizer
 from latentdiff.pipelines.pipeline import Pipeline, load_pipeline
+
+T = TypeVar("T")
 
 OPENMP_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 """Settings that change CPU timings a lot on a shared machine (see README.md)."""
@@ -37,11 +45,17 @@ def random_components(seed: int = 0) -> Components:
     )
     generator = torch.Generator().manual_seed(seed)
     for module in components.modules().values():
-        for parameter in module.parameters():
-            if not parameter.any():
-                parameter.copy_(0.02 * torch.randn(parameter.shape, generator=generator))
-        module.eval().requires_grad_(False)
+        perturb_zero_parameters(module, generator)
     return components
+
+
+@torch.no_grad()
+def perturb_zero_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Fill LDM's all-zero layers with N(0, 0.02²) noise; return the module frozen, in eval mode."""
+    for parameter in module.parameters():
+        if not parameter.any():
+            parameter.copy_(0.02 * torch.randn(parameter.shape, generator=generator))
+    return module.eval().requires_grad_(False)
 
 
 def bench_pipeline(model: str | None) -> Pipeline:
@@ -64,9 +78,13 @@ def seconds(fn: Callable[[], object]) -> float:
 
 
 def alternate(
-    contenders: dict[str, Callable[[], object]], runs: int, warmup: int = 1
-) -> dict[str, list[float]]:
-    """Time each contender `runs` times, interleaved (A, B, A, B, …) after `warmup` rounds.
+    contenders: dict[str, Callable[[], object]],
+    runs: int,
+    warmup: int = 1,
+    measure: Callable[[Callable[[], object]], T] = seconds,
+) -> dict[str, list[T]]:
+    """Time (or `measure`) each contender `runs` times, interleaved (A, B, A, B, …) after
+    `warmup` rounds.
 
     Interleaving spreads slow drifts of a shared machine's load over every contender alike,
     so their ratio stays meaningful when absolute times do not.
@@ -74,15 +92,87 @@ def alternate(
     for _ in range(warmup):
         for fn in contenders.values():
             fn()
-    times: dict[str, list[float]] = {name: [] for name in contenders}
+    results: dict[str, list[T]] = {name: [] for name in contenders}
     for _ in range(runs):
         for name, fn in contenders.items():
-            times[name].append(seconds(fn))
-    return times
+            results[name].append(measure(fn))
+    return results
 
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+# ── Peak memory ───────────────────────────────────────────────────────────────────────────
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now."""
+    with open("/proc/self/statm", "rb", buffering=0) as statm:
+        return _read_rss(statm)
+
+
+def _read_rss(statm: BinaryIO) -> int:
+    """RSS from an open /proc/self/statm (Linux; field 2, in pages), re-read from the start."""
+    statm.seek(0)
+    return int(statm.read().split()[1]) * PAGE_SIZE
+
+
+def release_free_memory() -> None:
+    """Collect garbage and hand glibc's free heap pages back, so that the RSS is what is live."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: freed pages may stay counted
+        pass
+
+
+class PeakRSS:
+    """Peak RSS above the level at entry, sampled by a background thread every ~`interval` s.
+
+    tracemalloc does not see PyTorch's allocations and `ru_maxrss` is a high-water mark for
+    the whole process; sampling the current RSS gives the peak of one call while other,
+    larger models stay loaded. Sampling runs while torch's kernels release the GIL; a peak
+    shorter than the interval can be missed (the weights-sized buffers of interest live longer).
+    """
+
+    def __init__(self, interval: float = 0.001) -> None:
+        self.interval = interval
+        self.baseline = self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakRSS:
+        release_free_memory()
+        self.baseline = self._max = rss_bytes()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self._max, rss_bytes()) - self.baseline
+
+    def _sample(self) -> None:
+        with open("/proc/self/statm", "rb", buffering=0) as statm:
+            while not self._stop.wait(self.interval):
+                self._max = max(self._max, _read_rss(statm))
+
+
+@dataclass(frozen=True)
+class Measurement:
+    seconds: float
+    peak_rss: int
+    """Bytes above the RSS before the call."""
+
+
+def seconds_and_peak_rss(fn: Callable[[], object]) -> Measurement:
+    """One call's wall time and its peak RSS above the RSS before it (after a gc)."""
+    with PeakRSS() as memory:
+        elapsed = seconds(fn)
+    return Measurement(elapsed, memory.peak)
 
 
 def machine_summary(environ: Mapping[str, str] = os.environ) -> str:

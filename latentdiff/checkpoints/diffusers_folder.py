@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import re
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -71,7 +69,7 @@ from latentdiff.diffusion.schedules import (
 from latentdiff.errors import UsageError
 from latentdiff.fileio import raise_unwritable, temporary_name, write_json
 from latentdiff.models.text_encoder import MLP_RATIO, TextEncoder
-from latentdiff.training.checkpoint import load_weights, save_weights
+from latentdiff.training.checkpoint import load_weights, read_pickled_state, save_weights
 
 MODEL_INDEX = "model_index.json"
 CONFIG = "config.json"
@@ -478,48 +476,6 @@ def _read_weights_file(path: Path) -> dict[str, Tensor]:
     if path.suffix == ".safetensors":
         return load_weights(path)[0]
     return read_pickled_state(path)
-
-
-def read_pickled_state(path: str | os.PathLike) -> dict[str, Tensor]:
-    """A `torch.save`d state dict, read with `weights_only=True` (no code can run) and mmap.
-
-    A pickle that needs anything beyond tensors and containers is refused, never loaded unsafely.
-    """
-    path = Path(path)
-    try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap can only be used" not in str(error):
-                raise
-            # The pre-zip torch.save format cannot be memory-mapped; it is still read safely.
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "Weights only load failed" not in str(error):
-            raise UsageError(f"cannot read weights {path}: {_first_line(error)}") from None
-        # Unpickling stopped at something beyond tensors and containers: a class or function
-        # reference (which a full unpickle would import and maybe call), or an opcode the safe
-        # unpickler does not run — a corrupt file, or one that needs unsafe loading.
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(\n|$)", str(error))
-        if found:
-            raise UsageError(
-                f"{path}: this pickle needs unsafe unpickling (it refers to {found[1]}); refusing "
-                "to load it — convert it to .safetensors with a tool you trust"
-            ) from None
-        reason = detail[1] if detail else "unsupported content"
-        raise UsageError(
-            f"{path}: not readable as a weights-only pickle ({reason}): corrupt, or it needs "
-            "unsafe unpickling, which latentdiff refuses"
-        ) from None
-    except (RuntimeError, OSError, EOFError, ValueError, KeyError) as error:
-        raise UsageError(f"cannot read weights {path}: {_first_line(error)}") from None
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
-    ):
-        raise UsageError(f"{path}: not a state dict of named tensors")
-    return dict(state)
 
 
 def _first_line(error: BaseException) -> str:

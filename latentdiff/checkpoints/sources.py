@@ -60,7 +60,8 @@ class LoadOptions:
     prediction_type: Literal["epsilon", "v_prediction"] | None = None
     """Override the detected (single file) or configured prediction type."""
     inpainting: bool | None = None
-    """Override the inpainting detection of a single file (9 U-Net input channels)."""
+    """Assert that a single file is (or is not) an inpainting model; its U-Net's input channels
+    decide (9 = inpainting), so a contradicting value is an error rather than an override."""
     use_ema: bool = False
     """Take the EMA copy of a full single-file checkpoint's U-Net instead of the trained weights."""
     variant: str | None = None
@@ -234,7 +235,12 @@ def _read_single_file(path: Path, options: LoadOptions) -> ModelWeights:
         inpainting=options.inpainting,
         use_ema=options.use_ema,
     )
-    notes = [] if options.prediction_type else ["prediction type inferred from the version"]
+    notes = []
+    if config.unet.context_dim == 1024 and not options.prediction_type:
+        notes.append(
+            "SD 2 single files do not record ε or v prediction: 768-px v-prediction assumed "
+            "(512-px base and inpainting models: --prediction-type epsilon)"
+        )
     return ModelWeights(
         config, states, SD_SCHEDULER, options.tokenizer, "single-file", path, notes=notes
     )

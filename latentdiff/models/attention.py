@@ -1,9 +1,18 @@
 """Attention blocks: the U-Net's spatial transformer and the autoencoder's pixel self-attention.
 
-All attention goes through `torch.nn.functional.scaled_dot_product_attention`, whose CPU and
-GPU kernels are memory-efficient (flash-style, the L×L matrix is never materialised), so no
-sliced fallback is needed. SD 2.x's `upcast_attention` (softmax in fp32 under fp16) is likewise
-what these kernels do anyway.
+All attention goes through `torch.nn.functional.scaled_dot_product_attention`. Where a fused
+kernel serves the call (PyTorch's CPU flash kernel does for fp32, bf16 and fp16, with or without
+gradients), the (B·H, L, L) score matrix is never materialised. Where none does (a device, dtype
+or head width without one, or a user forcing `sdpa_kernel(SDPBackend.MATH)`), PyTorch's math
+fallback builds the scores and their softmax in full: at 512² SD 1.5's first-level
+self-attention (batch 2, 8 heads, L = 4096) peaks at 2.3 GiB there against 14 MiB for the flash
+kernel (measured, torch 2.13 CPU), and at 1024² (L = 16384) the math path needs over 32 GiB.
+
+Sliced attention (`set_attention_slice`) bounds that: queries are independent rows of the
+softmax, so attention is computed for at most `slice_size` query rows at a time and the scores
+shrink to (B·H, slice_size, L) — 616 MiB in the example above with slices of 1024 rows. On a
+fused kernel it changes nothing but the summation order, so it is off by default.
+SD 2.x's `upcast_attention` (softmax in fp32 under fp16) is what these kernels do anyway.
 """
 
 from __future__ import annotations
@@ -11,13 +20,41 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latentdiff.errors import UsageError
 from latentdiff.models.layers import from_tokens, to_tokens
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
-    """softmax(q kᵀ / √d) v per head: (B, L, H·d), (B, S, H·d), (B, S, H·d) → (B, L, H·d)."""
+def attention(q: Tensor, k: Tensor, v: Tensor, heads: int, slice_size: int | None = None) -> Tensor:
+    """softmax(q kᵀ / √d) v per head: (B, L, H·d), (B, S, H·d), (B, S, H·d) → (B, L, H·d).
+
+    With a `slice_size`, at most that many query rows are attended at a time.
+    """
     q, k, v = (x.unflatten(-1, (heads, -1)).transpose(1, 2) for x in (q, k, v))  # (B, H, ·, d)
-    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+    if slice_size is None or slice_size >= q.shape[2]:
+        out = F.scaled_dot_product_attention(q, k, v)
+    else:
+        # Written slice by slice into one buffer (a list of slices and torch.cat would hold
+        # the output twice), laid out (B, L, H, d) so that the flatten below is a view.
+        batch, _, length, head_dim = q.shape
+        out = q.new_empty(batch, length, heads, head_dim).transpose(1, 2)  # (B, H, L, d)
+        for start in range(0, q.shape[2], slice_size):
+            rows = slice(start, start + slice_size)
+            out[:, :, rows] = F.scaled_dot_product_attention(q[:, :, rows], k, v)
+    return out.transpose(1, 2).flatten(2)
+
+
+def set_attention_slice(module: nn.Module, slice_size: int | None) -> None:
+    """Compute every attention of `module` in slices of ≤ `slice_size` query rows (None: whole).
+
+    Bounds the score matrix of PyTorch's math fallback; see the module docstring.
+    """
+    if slice_size is not None and (
+        isinstance(slice_size, bool) or not isinstance(slice_size, int) or slice_size < 1
+    ):
+        raise UsageError(f"attention slice size must be a positive integer, got {slice_size!r}")
+    for layer in module.modules():
+        if isinstance(layer, CrossAttention):
+            layer.slice_size = slice_size
 
 
 class CrossAttention(nn.Module):
@@ -34,6 +71,7 @@ class CrossAttention(nn.Module):
         super().__init__()
         context_dim = context_dim or query_dim
         self.heads = heads
+        self.slice_size: int | None = None  # query rows per call, see set_attention_slice
         self.to_q = nn.Linear(query_dim, query_dim, bias=qkv_bias)
         self.to_k = nn.Linear(context_dim, query_dim, bias=qkv_bias)
         self.to_v = nn.Linear(context_dim, query_dim, bias=qkv_bias)
@@ -42,7 +80,7 @@ class CrossAttention(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         context = x if context is None else context  # (B, S, D_ctx)
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
-        return self.to_out(attention(q, k, v, self.heads))  # (B, L, D)
+        return self.to_out(attention(q, k, v, self.heads, self.slice_size))  # (B, L, D)
 
 
 class FeedForward(nn.Module):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentdiff.config import AutoencoderConfig
+from latentdiff.errors import UsageError
 from latentdiff.models.attention import SpatialSelfAttention
 from latentdiff.models.layers import Downsample, ResBlock, Upsample
 
@@ -170,6 +171,43 @@ class Autoencoder(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         return self.decoder(self.post_quant_conv(z))
 
+    def decode_tiled(self, z: Tensor, tile: int = 64, overlap: int = 16) -> Tensor:
+        """`decode` in overlapping tiles of ≤ tile×tile latent pixels, blended linearly in overlaps.
+
+        Activation memory then follows the tile, not the image: the decoder's widest tensors
+        are f² times the latent's area at 128–256 channels, ~1 GiB each for a 1024² image. Each
+        tile is decoded on its own (its GroupNorm statistics and mid-block attention see only
+        the tile), so the result is close to `decode(z)`, not equal; the linear ramps hide the
+        seams. A latent that fits in one tile is decoded whole, exactly as by `decode`.
+        Tiles are spread evenly, all of one size (≤ tile), every overlap at least `overlap`.
+        """
+        if tile < 1 or not 0 <= overlap < tile:
+            raise UsageError(f"need tile ≥ 1 and 0 ≤ overlap < tile, got {tile} and {overlap}")
+        height, width = z.shape[-2:]
+        if height <= tile and width <= tile:
+            return self.decode(z)
+        f = self.config.downsample_factor
+        rows, tile_height = _tiles(height, tile, overlap)
+        cols, tile_width = _tiles(width, tile, overlap)
+        row_weights = _blend_weights(rows, tile_height, f, z.device)
+        col_weights = _blend_weights(cols, tile_width, f, z.device)
+        # Accumulated in fp32, so that bf16 tiles blend without loss.
+        image = z.new_zeros(
+            len(z), self.config.in_channels, f * height, f * width, dtype=torch.float32
+        )
+        weight = image.new_zeros(f * height, f * width)
+        for top, row_weight in zip(rows, row_weights, strict=True):
+            for left, col_weight in zip(cols, col_weights, strict=True):
+                piece = self.decode(z[:, :, top : top + tile_height, left : left + tile_width])
+                w = row_weight[:, None] * col_weight[None, :]  # (f·tile_height, f·tile_width)
+                window = (
+                    slice(f * top, f * (top + tile_height)),
+                    slice(f * left, f * (left + tile_width)),
+                )
+                image[(..., *window)] += w * piece
+                weight[window] += w
+        return (image / weight).to(piece.dtype)  # (B, 3, f·h, f·w)
+
     def forward(
         self,
         x: Tensor,
@@ -180,3 +218,33 @@ class Autoencoder(nn.Module):
         posterior = self.encode(x)
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
         return self.decode(z), posterior
+
+
+def _tiles(size: int, tile: int, overlap: int) -> tuple[list[int], int]:
+    """Where tiles start along one side, and their common extent (≤ tile).
+
+    As few tiles as cover `size` with `overlap`, shrunk to the same extent so that they just
+    cover it with overlaps of about `overlap` (never less): no work is spent on wider overlaps.
+    """
+    if size <= tile:
+        return [0], size
+    count = -(-(size - overlap) // (tile - overlap))  # ⌈(size − overlap) / (tile − overlap)⌉
+    # The least extent with count·extent − (count − 1)·overlap ≥ size; ≤ tile by the count.
+    extent = -(-(size + (count - 1) * overlap) // count)
+    return [round(i * (size - extent) / (count - 1)) for i in range(count)], extent
+
+
+def _blend_weights(starts: list[int], extent: int, f: int, device: torch.device) -> list[Tensor]:
+    """Per tile, 1-D weights over its f·extent output pixels: a linear ramp up across the
+    overlap with the previous tile, down across the overlap with the next, 1 in between."""
+    weights = []
+    for i, start in enumerate(starts):
+        w = torch.ones(f * extent, device=device)
+        before = f * (starts[i - 1] + extent - start) if i > 0 else 0
+        after = f * (start + extent - starts[i + 1]) if i < len(starts) - 1 else 0
+        if before > 0:
+            w[:before] *= (torch.arange(before, device=device) + 0.5) / before
+        if after > 0:
+            w[f * extent - after :] *= (torch.arange(after, 0, -1, device=device) - 0.5) / after
+        weights.append(w)
+    return weights

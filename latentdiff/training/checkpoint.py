@@ -23,6 +23,7 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,3 +254,44 @@ def _read_optimizer(path: Path) -> dict[str, Any]:
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
         message = " ".join(str(error).split())[:300]
         raise UsageError(f"cannot read optimizer state {path}: {message}") from None
+
+
+def read_pickled_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A pickled state dict (`.ckpt`, `.bin`), memory-mapped, through torch's weights-only
+    unpickler only: a pickle that needs anything beyond tensors and containers is refused, never
+    unpickled unsafely. A PyTorch Lightning wrapper's `state_dict` is unwrapped."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols, not for users
+            try:
+                data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as error:
+                if "mmap can only be used" not in str(error):
+                    raise
+                # Files saved by torch < 1.6 (no zip container) cannot be memory-mapped.
+                data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # only torch.load runs above: any failure is a bad file
+        raise UsageError(f"{path}: {_pickle_problem(str(error))}") from None
+    if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
+        data = data["state_dict"]  # PyTorch Lightning's checkpoint around the weights
+    if not isinstance(data, Mapping):
+        raise UsageError(f"{path}: holds a {type(data).__name__}, not a state dict")
+    for key, value in data.items():
+        if not isinstance(value, torch.Tensor):
+            raise UsageError(f"{path}: {key} is a {type(value).__name__}, not a tensor")
+    return dict(data)
+
+
+def _pickle_problem(message: str) -> str:
+    """One line from torch.load's error: unsafe content, or simply not a checkpoint."""
+    if "Weights only load failed" not in message:
+        return "cannot read checkpoint: " + (" ".join(message.split())[:200] or "unknown error")
+    detail = message.partition("WeightsUnpickler error:")[2].strip().split("\n")[0]
+    if detail.startswith("Unsupported operand"):  # an opcode torch.save never writes
+        return f"cannot read checkpoint: not a PyTorch checkpoint ({detail})"
+    needed = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    reason = f"it needs {needed[1]}" if needed else detail or "it holds more than tensors"
+    return (
+        f"this pickle needs unsafe unpickling ({reason}); refusing to load it — "
+        "convert it to .safetensors with a tool you trust"
+    )

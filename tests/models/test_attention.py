@@ -1,15 +1,22 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers.models.attention import FeedForward as DiffusersFeedForward
 from diffusers.models.attention_processor import Attention
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from latentdiff.config import AutoencoderConfig, UNetConfig
+from latentdiff.errors import UsageError
 from latentdiff.models.attention import (
     CrossAttention,
     FeedForward,
     SpatialTransformer,
     attention,
+    set_attention_slice,
 )
+from latentdiff.models.autoencoder import Autoencoder
 from latentdiff.models.layers import from_tokens, to_tokens
+from latentdiff.models.unet import UNet
 
 
 def randn(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -83,3 +90,102 @@ def test_tokens_round_trip_without_copy_in_channels_last():
     assert tokens.data_ptr() == x.data_ptr() and tokens.is_contiguous()
     torch.testing.assert_close(tokens[1, 5 + 2], x[1, :, 1, 2])
     assert torch.equal(from_tokens(tokens, 3, 5), x)
+
+
+# ── Sliced attention ──────────────────────────────────────────────────────────────────────
+
+
+def random_unet() -> UNet:
+    """A tiny SD-like U-Net (self- and cross-attention at 2 levels) with no all-zero layers."""
+    config = UNetConfig(
+        block_channels=(16, 32),
+        layers_per_block=1,
+        attention_levels=(True, True),
+        num_heads=2,
+        context_dim=12,
+        norm_groups=8,
+    )
+    torch.manual_seed(0)
+    model = UNet(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(std=0.1)
+    return model
+
+
+@pytest.mark.parametrize("backend", [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
+@pytest.mark.parametrize("slice_size", [1, 4, 12, 13, 50])
+def test_sliced_attention_equals_whole(backend, slice_size):
+    q, k, v = randn(2, 13, 12, seed=1), randn(2, 7, 12, seed=2), randn(2, 7, 12, seed=3)
+    with sdpa_kernel(backend):
+        whole = attention(q, k, v, heads=3)
+        sliced = attention(q, k, v, heads=3, slice_size=slice_size)
+    assert sliced.shape == (2, 13, 12) and sliced.is_contiguous()
+    torch.testing.assert_close(sliced, whole, atol=1e-6, rtol=1e-6)
+
+
+def test_slices_hold_at_most_slice_size_query_rows(monkeypatch):
+    query_rows = []
+    sdpa = F.scaled_dot_product_attention
+
+    def counting(q, k, v):
+        query_rows.append(q.shape[2])
+        return sdpa(q, k, v)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+    attention(randn(1, 10, 8), randn(1, 10, 8), randn(1, 10, 8), heads=2, slice_size=4)
+    assert query_rows == [4, 4, 2]
+
+
+def test_sliced_attention_passes_the_same_gradients():
+    inputs = [randn(2, 9, 8, seed=i).requires_grad_() for i in (1, 2, 3)]
+    attention(*inputs, heads=2).square().sum().backward()
+    expected = [x.grad.clone() for x in inputs]
+    for x in inputs:
+        x.grad = None
+    attention(*inputs, heads=2, slice_size=4).square().sum().backward()
+    for x, grad in zip(inputs, expected, strict=True):
+        torch.testing.assert_close(x.grad, grad, atol=1e-6, rtol=1e-5)
+
+
+def test_set_attention_slice_on_a_unet_keeps_its_output():
+    model = random_unet()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 8, 12, generator=generator)  # 96 then 24 query rows per attention
+    context = torch.randn(2, 7, 12, generator=generator)
+    t = torch.tensor([10.0, 500.0])
+    layers = [m for m in model.modules() if isinstance(m, CrossAttention)]
+    assert len(layers) == 7 * 2  # 7 transformers (2 down, 1 mid, 4 up) × (self, cross)
+    with torch.no_grad():
+        whole = model(x, t, context)
+        set_attention_slice(model, 5)
+        assert all(layer.slice_size == 5 for layer in layers)
+        sliced = model(x, t, context)
+        set_attention_slice(model, None)
+        assert all(layer.slice_size is None for layer in layers)
+    assert whole.abs().mean() > 0.05  # not a trivial output
+    torch.testing.assert_close(sliced, whole, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, context), whole, atol=0, rtol=0)
+
+
+def test_set_attention_slice_on_the_autoencoder_attention():
+    config = AutoencoderConfig(block_channels=(8, 16), layers_per_block=1, norm_groups=4)
+    torch.manual_seed(0)
+    model = Autoencoder(config).eval()
+    z = randn(1, 4, 6, 5, seed=1)  # 30 pixels attend to each other in the mid block
+    with torch.no_grad():
+        whole = model.decode(z)
+        set_attention_slice(model, 7)
+        sliced = model.decode(z)
+    assert model.decoder.mid.attn.attention.slice_size == 7
+    torch.testing.assert_close(sliced, whole, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "64"])
+def test_set_attention_slice_refuses_a_bad_size(bad):
+    model = CrossAttention(8, 2)
+    with pytest.raises(UsageError, match="positive integer"):
+        set_attention_slice(model, bad)
+    assert model.slice_size is None

@@ -1,9 +1,12 @@
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from latentdiff.checkpoints.diffusers_layout import autoencoder_from_diffusers, diffusers_vae_config
 from latentdiff.config import PRESETS, AutoencoderConfig
+from latentdiff.errors import UsageError
 from latentdiff.models.autoencoder import Autoencoder, DiagonalGaussian
 
 F4 = AutoencoderConfig(block_channels=(8, 16, 16), layers_per_block=1, norm_groups=4)
@@ -89,3 +92,80 @@ def test_diffusion_latents_normalise_each_channel_and_invert() -> None:
     torch.testing.assert_close(from_diffusion_latents(x, config), z)
     plain = AutoencoderConfig()  # SD: only the scalar factor
     torch.testing.assert_close(to_diffusion_latents(z, plain), z * 0.18215)
+
+
+# ── Tiled decoding ────────────────────────────────────────────────────────────────────────
+
+
+def test_tiled_decode_of_a_latent_within_one_tile_is_decode():
+    model, _ = pair(F8)
+    z = randn(2, 4, 5, 7)
+    with torch.no_grad():
+        assert torch.equal(model.decode_tiled(z, tile=8, overlap=2), model.decode(z))
+        assert torch.equal(model.decode_tiled(z, tile=7, overlap=2), model.decode(z))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    height=st.integers(1, 80),
+    width=st.integers(1, 80),
+    tile=st.integers(2, 24),
+    overlap_fraction=st.floats(0, 0.9),
+)
+def test_tiled_blending_is_a_partition_of_unity(height, width, tile, overlap_fraction):
+    """With a tile-independent decoder (nearest upsampling), tiling must change nothing: any
+    misplaced window or unnormalised weight would show here. Tiles never exceed `tile` and
+    are as few as the overlap allows."""
+    overlap = min(int(overlap_fraction * tile), tile - 1)
+    model = Autoencoder(F4)
+    f = F4.downsample_factor
+    tiles = []
+
+    def upsample(z: torch.Tensor) -> torch.Tensor:
+        tiles.append(z.shape[-2:])
+        return torch.nn.functional.interpolate(z[:, :3], scale_factor=f)
+
+    model.decode = upsample
+    z = randn(2, 4, height, width)
+    tiled = model.decode_tiled(z, tile=tile, overlap=overlap)
+    assert tiled.shape == (2, 3, f * height, f * width)
+    torch.testing.assert_close(tiled, upsample(z), atol=1e-6, rtol=1e-6)
+    tiles.pop()  # the untiled reference
+
+    def count(size: int) -> int:
+        return 1 if size <= tile else -(-(size - overlap) // (tile - overlap))
+
+    assert len(tiles) == count(height) * count(width)
+    assert all(h <= tile and w <= tile for h, w in tiles)
+
+
+def test_tiled_decode_blends_the_seams_of_a_real_decoder():
+    """A tiny random autoencoder; 24×40 latents in 16×16 tiles, rows from 0 and 8, columns from
+    0, 8, 16, 24. Measured max |tiled − decode| 0.51 (decode's std 0.26), against 1.38 for the
+    tiles pasted without blending; mean 0.045 against 0.084. Plain averaging of the overlaps
+    (0.71, 0.068) or ramps the wrong way round (0.71, 0.060) fail the bounds below."""
+    torch.manual_seed(0)
+    model = Autoencoder(F4).eval()
+    z = randn(1, 4, 24, 40)
+    f = F4.downsample_factor
+    with torch.no_grad():
+        whole = model.decode(z)
+        tiled = model.decode_tiled(z, tile=16, overlap=8)
+        pasted = whole.clone()
+        for top in (0, 8):
+            for left in (0, 8, 16, 24):
+                piece = model.decode(z[..., top : top + 16, left : left + 16])
+                pasted[..., f * top : f * (top + 16), f * left : f * (left + 16)] = piece
+    assert tiled.shape == whole.shape == (1, 3, 96, 160)
+    # Where only the first tile reaches, the result is that tile's decode.
+    torch.testing.assert_close(tiled[..., :32, :32], pasted[..., :32, :32], atol=0, rtol=0)
+    blended, unblended = (tiled - whole).abs(), (pasted - whole).abs()
+    assert blended.max() < 0.6 and blended.max() < 0.5 * unblended.max()
+    assert blended.mean() < 0.7 * unblended.mean()
+
+
+@pytest.mark.parametrize("tile, overlap", [(0, 0), (8, 8), (8, -1)])
+def test_tiled_decode_refuses_bad_tiles(tile, overlap):
+    model = Autoencoder(F4)
+    with pytest.raises(UsageError, match="overlap < tile"):
+        model.decode_tiled(randn(1, 4, 4, 4), tile=tile, overlap=overlap)
