@@ -94,6 +94,12 @@ class UNetConfig:
     """Timestep-embedding width = time_embed_mult × block_channels[0]."""
     flip_sin_to_cos: bool = True
     """Sinusoidal timestep embedding order [cos, sin] (SD) instead of [sin, cos]."""
+    num_class_embeds: int | None = None
+    """Classes of a learned embedding added to the timestep embedding (SD's x4 upscaler: the
+    noise level, 0–999, of its low-resolution input image)."""
+    only_cross_attention: tuple[bool, ...] | None = None
+    """Per level: the transformers' first attention attends to the text, not to the pixels
+    (SD's x4 upscaler: all levels but the lowest); None means never."""
 
     def __post_init__(self) -> None:
         _check(
@@ -103,6 +109,11 @@ class UNetConfig:
         _check(
             (self.num_heads is None) != (self.head_dim is None),
             "set exactly one of num_heads and head_dim",
+        )
+        _check(
+            self.only_cross_attention is None
+            or len(self.only_cross_attention) == len(self.block_channels),
+            "only_cross_attention needs one entry per block_channels level",
         )
         for c in self.block_channels:
             _check(c % self.norm_groups == 0, f"channels {c} not divisible by norm_groups")
@@ -178,8 +189,13 @@ class ModelConfig:
         )
         _check(
             self.unet.in_channels
-            in (self.autoencoder.latent_channels, 2 * self.autoencoder.latent_channels + 1),
-            "unet.in_channels must equal the latent channels (or 2·latent + 1 for inpainting)",
+            in (
+                self.autoencoder.latent_channels,
+                2 * self.autoencoder.latent_channels + 1,  # inpainting: + mask + masked latent
+                self.autoencoder.latent_channels + 3,  # x4 upscaler: + the low-res RGB image
+            ),
+            "unet.in_channels must equal the latent channels (or 2·latent + 1 for inpainting, "
+            "latent + 3 for the upscaler)",
         )
         _check(
             self.sample_size % self.size_multiple == 0,
@@ -383,6 +399,29 @@ def sd21_base_config() -> ModelConfig:
     return _sd2_model("epsilon", 512)
 
 
+def sd_x4_upscaler_config() -> ModelConfig:
+    """Stable Diffusion x4 upscaler: a 128² latent of an f=4 autoencoder beside the 128² RGB
+    image it upscales to 512², v-prediction, OpenCLIP-H text, noise-level class embedding.
+    Config and modules only: no upscaling pipeline yet."""
+    sd2 = _sd2_model("v_prediction", 512)
+    return ModelConfig(
+        autoencoder=AutoencoderConfig(block_channels=(128, 256, 512), scaling_factor=0.08333),
+        unet=UNetConfig(
+            in_channels=7,
+            block_channels=(256, 512, 512, 1024),
+            attention_levels=(False, True, True, True),
+            num_heads=8,
+            context_dim=1024,
+            use_linear_projection=True,
+            num_class_embeds=1000,
+            only_cross_attention=(True, True, True, False),
+        ),
+        text_encoder=sd2.text_encoder,
+        diffusion=DiffusionConfig(beta_start=0.0001, beta_end=0.02, prediction_type="v_prediction"),
+        sample_size=512,
+    )
+
+
 def inpainting(config: ModelConfig) -> ModelConfig:
     """The inpainting variant of a model: the U-Net also sees the mask and the masked image's
     latent, 9 input channels = latent 4 + mask 1 + masked latent 4 (SD's inpainting models)."""
@@ -408,6 +447,7 @@ PRESETS = {
     "sd21": sd21_config,
     "sd21-base": sd21_base_config,
     "sd2-inpainting": sd2_inpainting_config,
+    "sd-x4-upscaler": sd_x4_upscaler_config,
 }
 
 

@@ -28,6 +28,7 @@ from latentdiff.models.unet import UNet
 # (pattern, replacement) applied in order to every latentdiff key.
 UNET_RULES = (
     (r"^time_embed\.", "time_embedding."),
+    (r"^class_embed\.", "class_embedding."),
     (r"^norm_out\.", "conv_norm_out."),
     (r"^(down|up)\.(\d+)\.blocks\.(\d+)\.resnet\.", r"\1_blocks.\2.resnets.\3."),
     (r"^(down|up)\.(\d+)\.blocks\.(\d+)\.transformer\.", r"\1_blocks.\2.attentions.\3."),
@@ -121,6 +122,8 @@ def diffusers_unet_config(config: UNetConfig) -> dict:
         "freq_shift": 0,
         "time_embedding_dim": config.time_embed_mult * config.block_channels[0],
         "downsample_padding": 1,
+        "num_class_embeds": config.num_class_embeds,
+        "only_cross_attention": list(config.only_cross_attention or [False] * len(heads)),
     }
 
 

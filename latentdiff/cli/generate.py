@@ -46,6 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--attention-slice", type=int, default=None, metavar="N",
+        help="compute attention N query rows at a time (less memory)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--vae-tiling", action="store_true", help="decode in tiles (large images, less memory)"
+    )
     add_load_options(parser)
     parser.set_defaults(func=run_generate)
 
@@ -73,7 +80,12 @@ def run_generate(args: argparse.Namespace) -> None:
     request.validate(1, tuple(SAMPLERS))
     paths = plan_paths(args, len(request.prompts))
     options = dataclasses.asdict(load_options(args))
+    if args.attention_slice is not None and args.attention_slice < 1:
+        raise UsageError(f"--attention-slice must be at least 1, got {args.attention_slice}")
     pipeline = load_pipeline(args.model, device=args.device, **options)
+    pipeline.vae_tiling = args.vae_tiling
+    if args.attention_slice:
+        pipeline.enable_attention_slicing(args.attention_slice)
     request.validate(pipeline.components.config.size_multiple, tuple(SAMPLERS))
     progress = tqdm(total=len(paths) * args.steps, unit="step", disable=args.no_progress)
 

@@ -97,19 +97,28 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-    """Pre-LayerNorm block: self-attention, cross-attention to the text, GEGLU MLP; residuals."""
+    """Pre-LayerNorm block: self-attention, cross-attention to the text, GEGLU MLP; residuals.
 
-    def __init__(self, dim: int, heads: int, context_dim: int) -> None:
+    With `only_cross_attention` the first attention attends to the text as well, instead of to
+    the pixels (SD's x4 upscaler, whose large feature maps make self-attention costly).
+    """
+
+    def __init__(
+        self, dim: int, heads: int, context_dim: int, *, only_cross_attention: bool = False
+    ) -> None:
         super().__init__()
+        self.only_cross_attention = only_cross_attention
         self.norm1 = nn.LayerNorm(dim)
-        self.attn1 = CrossAttention(dim, heads)
+        self.attn1 = CrossAttention(
+            dim, heads, context_dim=context_dim if only_cross_attention else None
+        )
         self.norm2 = nn.LayerNorm(dim)
         self.attn2 = CrossAttention(dim, heads, context_dim=context_dim)
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        x = x + self.attn1(self.norm1(x))  # (B, H·W, C)
+        x = x + self.attn1(self.norm1(x), context if self.only_cross_attention else None)
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
 
@@ -131,6 +140,7 @@ class SpatialTransformer(nn.Module):
         depth: int = 1,
         groups: int = 32,
         linear_projection: bool = False,
+        only_cross_attention: bool = False,
     ) -> None:
         super().__init__()
         self.linear_projection = linear_projection
@@ -138,7 +148,10 @@ class SpatialTransformer(nn.Module):
         projection = nn.Linear if linear_projection else _conv1x1
         self.proj_in = projection(channels, channels)
         self.blocks = nn.ModuleList(
-            BasicTransformerBlock(channels, heads, context_dim) for _ in range(depth)
+            BasicTransformerBlock(
+                channels, heads, context_dim, only_cross_attention=only_cross_attention
+            )
+            for _ in range(depth)
         )
         self.proj_out = projection(channels, channels)
 

@@ -66,14 +66,18 @@ class UNet(nn.Module):
         self.config = config
         channels = config.block_channels
         self.conv_in = nn.Conv2d(config.in_channels, channels[0], 3, padding=1)
-        self.time_embed = TimestepEmbedding(channels[0], config.time_embed_mult * channels[0])
+        time_dim = config.time_embed_mult * channels[0]
+        self.time_embed = TimestepEmbedding(channels[0], time_dim)
+        self.class_embed = (
+            nn.Embedding(config.num_class_embeds, time_dim) if config.num_class_embeds else None
+        )
 
         skip_channels = [channels[0]]  # what each down-path output hands to the up path
         self.down = nn.ModuleList()
         for level, width in enumerate(channels):
             blocks = []
             for _ in range(config.layers_per_block):
-                blocks.append(self._block(skip_channels[-1], width, config.attention_levels[level]))
+                blocks.append(self._block(skip_channels[-1], width, level))
                 skip_channels.append(width)
             downsample = None if level == len(channels) - 1 else Downsample(width)
             if downsample is not None:
@@ -91,7 +95,7 @@ class UNet(nn.Module):
             for _ in range(config.layers_per_block + 1):
                 c_in = width + skip_channels.pop()
                 width = channels[level]
-                blocks.append(self._block(c_in, width, config.attention_levels[level]))
+                blocks.append(self._block(c_in, width, level))
             self.up.append(UNetLevel(blocks, Upsample(width) if level > 0 else None))
 
         self.norm_out = nn.GroupNorm(config.norm_groups, channels[0])
@@ -104,7 +108,7 @@ class UNet(nn.Module):
             in_channels, out_channels, time_channels=time_dim, groups=self.config.norm_groups
         )
 
-    def _transformer(self, channels: int) -> SpatialTransformer:
+    def _transformer(self, channels: int, only_cross_attention: bool = False) -> SpatialTransformer:
         config = self.config
         return SpatialTransformer(
             channels,
@@ -113,10 +117,15 @@ class UNet(nn.Module):
             depth=config.transformer_depth,
             groups=config.norm_groups,
             linear_projection=config.use_linear_projection,
+            only_cross_attention=only_cross_attention,
         )
 
-    def _block(self, in_channels: int, out_channels: int, attention: bool) -> UNetBlock:
-        transformer = self._transformer(out_channels) if attention else None
+    def _block(self, in_channels: int, out_channels: int, level: int) -> UNetBlock:
+        config = self.config
+        transformer = None
+        if config.attention_levels[level]:
+            only_cross = bool(config.only_cross_attention and config.only_cross_attention[level])
+            transformer = self._transformer(out_channels, only_cross)
         return UNetBlock(self._resnet(in_channels, out_channels), transformer)
 
     def initialize_weights(self) -> None:
@@ -136,12 +145,20 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: Tensor, t: Tensor, context: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, t: Tensor, context: Tensor, class_labels: Tensor | None = None
+    ) -> Tensor:
+        """`class_labels` (B,) only for a U-Net with `num_class_embeds` (the upscaler's noise
+        level), whose embedding is added to the timestep's."""
         t = torch.as_tensor(t, device=x.device).expand(x.shape[0])
         features = timestep_embedding(
             t, self.config.block_channels[0], flip_sin_to_cos=self.config.flip_sin_to_cos
         )
         emb = self.time_embed(features.to(x.dtype))  # (B, time_dim)
+        if self.class_embed is not None:
+            if class_labels is None:
+                raise ValueError("this U-Net needs class_labels (num_class_embeds is set)")
+            emb = emb + self.class_embed(class_labels).to(emb.dtype)
 
         h = self.conv_in(x)  # (B, C0, H, W)
         skips = [h]

@@ -26,9 +26,14 @@ def encode_prompt(components: Components, prompts: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_latents(components: Components, z: torch.Tensor) -> list[Image.Image]:
-    """Diffusion-space latents → PIL images (undoing the latent normalisation first)."""
-    x = components.autoencoder.decode(from_diffusion_latents(z, components.config.autoencoder))
+def decode_latents(
+    components: Components, z: torch.Tensor, *, tiled: bool = False
+) -> list[Image.Image]:
+    """Diffusion-space latents → PIL images (undoing the latent normalisation first);
+    `tiled` decodes in overlapping tiles, for images too large to decode whole."""
+    z = from_diffusion_latents(z, components.config.autoencoder)
+    autoencoder = components.autoencoder
+    x = autoencoder.decode_tiled(z) if tiled else autoencoder.decode(z)
     pixels = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return [Image.fromarray(image) for image in pixels.permute(0, 2, 3, 1).cpu().numpy()]
 

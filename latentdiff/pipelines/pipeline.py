@@ -15,6 +15,7 @@ from latentdiff.checkpoints.bundle import Components
 from latentdiff.checkpoints.sources import LoadOptions, load_model
 from latentdiff.devices import resolve_device
 from latentdiff.diffusion.schedules import SchedulerSettings
+from latentdiff.models.attention import set_attention_slice
 from latentdiff.pipelines.common import decode_latents
 from latentdiff.pipelines.metadata import format_parameters
 from latentdiff.pipelines.request import GenerationRequest
@@ -28,6 +29,14 @@ class Pipeline:
     components: Components
     name: str
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    vae_tiling: bool = False
+    """Decode in overlapping tiles (bounded memory for large images; close to, not equal to,
+    a whole decode)."""
+
+    def enable_attention_slicing(self, slice_size: int | None = 1024) -> None:
+        """Compute attention in slices of ≤ `slice_size` query rows (None switches it off)."""
+        for module in (self.components.unet, self.components.autoencoder):
+            set_attention_slice(module, slice_size)
 
     @property
     def device(self) -> torch.device:
@@ -89,7 +98,7 @@ class Pipeline:
             generator=generator,
             callback=callback,
         )
-        images = decode_latents(self.components, z)
+        images = decode_latents(self.components, z, tiled=self.vae_tiling)
         parameters = [
             format_parameters(
                 request_for_image(request, k),

@@ -193,3 +193,20 @@ def test_generate_reports_the_random_seed_it_used(pipe: Pipeline) -> None:
     (image,), (text,) = pipe.generate(request)
     seed = int(text.split("Seed: ")[1].split(",")[0])
     assert np.array_equal(np.array(image), run(pipe, prompt="a", sampler="ddim", seed=seed))
+
+
+def test_memory_options_keep_the_image(tiny_model_dir: Path) -> None:
+    pipe = load_pipeline(tiny_model_dir, device="cpu")
+    whole = run(pipe, sampler="ddim")
+    pipe.enable_attention_slicing(3)  # fewer rows than any attention's queries
+    pipe.vae_tiling = True  # one tile at this size: exactly the whole decode
+    assert np.abs(run(pipe, sampler="ddim").astype(int) - whole).max() <= 1
+    pipe.enable_attention_slicing(None)
+    assert np.array_equal(run(pipe, sampler="ddim"), whole)
+
+
+def test_load_options_reach_the_loader(tiny_model_dir: Path) -> None:
+    pipe = load_pipeline(tiny_model_dir, device="cpu", prediction_type="v_prediction")
+    assert pipe.components.config.diffusion.prediction_type == "v_prediction"
+    with pytest.raises(TypeError):
+        load_pipeline(tiny_model_dir, device="cpu", no_such_option=1)
