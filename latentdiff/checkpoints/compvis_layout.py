@@ -37,6 +37,7 @@ from latentdiff.errors import UsageError
 from latentdiff.models.autoencoder import Autoencoder
 from latentdiff.models.text_encoder import TextEncoder
 from latentdiff.models.unet import UNet
+from latentdiff.training.checkpoint import check_state
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -100,7 +101,7 @@ def model_from_compvis(
     `config` describes the file as written, i.e. `written_config(...)` of the model it came from.
     """
     tensors = canonical_clip_keys(tensors)
-    _check_keys(tensors, compvis_shapes(config))
+    check_state(tensors, compvis_shapes(config))
     return {
         "autoencoder": autoencoder_from_compvis(_under(tensors, VAE_PREFIX), config.autoencoder),
         "unet": unet_from_compvis(_under(tensors, UNET_PREFIX), config.unet),
@@ -281,7 +282,7 @@ def text_encoder_to_compvis(
     state: Mapping[str, Tensor], config: TextEncoderConfig
 ) -> dict[str, Tensor]:
     """latentdiff text-encoder weights → `cond_stage_model.*` (see `written_text_config`)."""
-    _check_keys(state, _our_text_shapes(config))
+    check_state(state, _our_text_shapes(config))
     if text_layout(config) == "clip":
         theirs = text_encoder_to_transformers(state, prefix=TEXT_MODEL_PREFIX)
         return {CLIP_PREFIX + key: tensor for key, tensor in theirs.items()}
@@ -305,7 +306,7 @@ def text_encoder_from_compvis(
     the unused `position_ids`, `text_projection`, `logit_scale`) → latentdiff weights."""
     if text_layout(config) == "clip":
         state = canonical_clip_keys(state)
-        _check_keys(state, _text_shapes(config))
+        check_state(state, _text_shapes(config))
         return text_encoder_from_transformers(
             {key.removeprefix(CLIP_PREFIX): tensor for key, tensor in state.items()}
         )
@@ -380,29 +381,13 @@ def _apply(rules: tuple, name: str) -> str:
 def _rename(state: Mapping[str, Tensor], keys: KeyMap, *, to_compvis: bool) -> dict[str, Tensor]:
     """Rename (and, for 1×1 convolutions, reshape) every tensor; reject bad keys or shapes."""
     source, target = (0, 1) if to_compvis else (1, 0)
-    _check_keys(state, {entry[source]: entry[source + 2] for entry in keys})
+    check_state(state, {entry[source]: entry[source + 2] for entry in keys})
     return {
         entry[target]: state[entry[source]].reshape(entry[target + 2])
         if entry[2] != entry[3]
         else state[entry[source]]
         for entry in keys
     }
-
-
-def _check_keys(state: Mapping[str, Tensor], expected: Mapping[str, torch.Size]) -> None:
-    """UsageError naming the first unexpected key, else the first missing one, else the first
-    tensor of the wrong shape."""
-    unexpected = sorted(set(state) - set(expected))
-    if unexpected:
-        raise UsageError(f"unexpected key {unexpected[0]} ({len(unexpected)} unexpected)")
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise UsageError(f"missing key {missing[0]} ({len(missing)} missing)")
-    for key, tensor in state.items():
-        if tensor.shape != expected[key]:
-            raise UsageError(
-                f"key {key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key])}"
-            )
 
 
 def _check_components(states: Mapping[str, Mapping[str, Tensor]]) -> None:

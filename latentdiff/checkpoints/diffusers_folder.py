@@ -69,7 +69,12 @@ from latentdiff.diffusion.schedules import (
 from latentdiff.errors import UsageError
 from latentdiff.fileio import raise_unwritable, temporary_name, write_json
 from latentdiff.models.text_encoder import MLP_RATIO, TextEncoder
-from latentdiff.training.checkpoint import load_weights, read_pickled_state, save_weights
+from latentdiff.training.checkpoint import (
+    check_state,
+    load_weights,
+    read_pickled_state,
+    save_weights,
+)
 
 MODEL_INDEX = "model_index.json"
 CONFIG = "config.json"
@@ -414,19 +419,7 @@ def _checked_text_state(state: dict[str, Tensor], config: TextEncoderConfig) -> 
     """Every key of our TextEncoder present with its shape, nothing else."""
     with torch.device("meta"):
         expected = {k: v.shape for k, v in TextEncoder(config).state_dict().items()}
-    unknown = sorted(set(state) - set(expected))
-    missing = sorted(set(expected) - set(state))
-    if unknown or missing:
-        raise UsageError(
-            f"weights do not match the config: {len(unknown)} unexpected key(s) "
-            f"{unknown[:3]}, {len(missing)} missing key(s) {missing[:3]}"
-        )
-    for key, tensor in state.items():
-        if tensor.shape != expected[key]:
-            raise UsageError(
-                f"weights do not match the config: {key} has shape {tuple(tensor.shape)}, "
-                f"expected {tuple(expected[key])}"
-            )
+    check_state(state, expected)
     return state
 
 

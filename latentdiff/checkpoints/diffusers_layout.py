@@ -21,9 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from latentdiff.config import AutoencoderConfig, UNetConfig
-from latentdiff.errors import UsageError
 from latentdiff.models.autoencoder import Autoencoder
 from latentdiff.models.unet import UNet
+from latentdiff.training.checkpoint import check_state
 
 # (pattern, replacement) applied in order to every latentdiff key.
 UNET_RULES = (
@@ -172,17 +172,5 @@ def _rename(
     """Rename every key of `state_dict`; reject unknown or missing keys and wrong shapes."""
     renames = {(a if to_diffusers else b): (b if to_diffusers else a) for a, b, _ in keys}
     shapes = {(a if to_diffusers else b): shape for a, b, shape in keys}
-    unknown = sorted(set(state_dict) - set(renames))
-    missing = sorted(set(renames) - set(state_dict))
-    if unknown or missing:
-        raise UsageError(
-            f"weights do not match the config: {len(unknown)} unexpected key(s) "
-            f"{unknown[:3]}, {len(missing)} missing key(s) {missing[:3]}"
-        )
-    for key, value in state_dict.items():
-        if value.shape != shapes[key]:
-            raise UsageError(
-                f"weights do not match the config: {key} has shape {tuple(value.shape)}, "
-                f"expected {tuple(shapes[key])}"
-            )
+    check_state(state_dict, shapes)
     return {renames[key]: value for key, value in state_dict.items()}

@@ -115,6 +115,12 @@ def read_single_file(
     return config, states
 
 
+def records_config(path: str | os.PathLike) -> bool:
+    """Whether the file carries latentdiff's config (so nothing about it was guessed)."""
+    with _open_weights(Path(path)) as (_, metadata, _):
+        return CONFIG_METADATA_KEY in metadata
+
+
 def detect_config(
     shapes: Shapes,
     *,

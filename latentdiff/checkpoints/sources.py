@@ -226,7 +226,7 @@ def _read_diffusers(folder: Path, options: LoadOptions) -> ModelWeights:
 
 
 def _read_single_file(path: Path, options: LoadOptions) -> ModelWeights:
-    from latentdiff.checkpoints.single_file import read_single_file
+    from latentdiff.checkpoints.single_file import read_single_file, records_config
 
     config, states = read_single_file(
         path,
@@ -236,7 +236,8 @@ def _read_single_file(path: Path, options: LoadOptions) -> ModelWeights:
         use_ema=options.use_ema,
     )
     notes = []
-    if config.unet.context_dim == 1024 and not options.prediction_type:
+    guessed = not options.prediction_type and not records_config(path)
+    if config.unet.context_dim == 1024 and guessed:
         notes.append(
             "SD 2 single files do not record ε or v prediction: 768-px v-prediction assumed "
             "(512-px base and inpainting models: --prediction-type epsilon)"

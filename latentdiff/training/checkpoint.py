@@ -98,6 +98,27 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
 
 
+def check_state(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Size],
+    source: str | os.PathLike | None = None,
+) -> None:
+    """A UsageError naming the first missing key, else the first unexpected one, else the first
+    tensor of the wrong shape (prefixed by `source`, the file or component, if given)."""
+    where = f"{source}: " if source else ""
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise UsageError(f"{where}missing key {missing[0]} ({len(missing)} missing)")
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise UsageError(f"{where}unexpected key {unexpected[0]} ({len(unexpected)} unexpected)")
+    for key, tensor in state.items():
+        if tensor.shape != expected[key]:
+            raise UsageError(
+                f"{where}key {key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key])}"
+            )
+
+
 def load_module_state(
     module: nn.Module,
     state: Mapping[str, torch.Tensor],
@@ -114,18 +135,7 @@ def load_module_state(
     copy of the weights is ever allocated.
     """
     expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise UsageError(f"{source}: missing key {missing[0]} ({len(missing)} missing)")
-    unexpected = sorted(set(state) - set(expected))
-    if unexpected:
-        raise UsageError(f"{source}: unexpected key {unexpected[0]} ({len(unexpected)} unexpected)")
-    for key, tensor in state.items():
-        if tensor.shape != expected[key].shape:
-            raise UsageError(
-                f"{source}: key {key} has shape {tuple(tensor.shape)}, "
-                f"expected {tuple(expected[key].shape)}"
-            )
+    check_state(state, {key: tensor.shape for key, tensor in expected.items()}, source)
     cast = {
         key: tensor.to(dtype or expected[key].dtype) if tensor.is_floating_point() else tensor
         for key, tensor in state.items()

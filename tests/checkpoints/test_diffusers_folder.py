@@ -49,8 +49,8 @@ from latentdiff.models.autoencoder import Autoencoder
 from latentdiff.models.text_encoder import TextEncoder
 from latentdiff.models.unet import UNet
 
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-BOS_ID, EOS_ID = 512, 513  # in the byte-level vocabulary below
+EOS = "<|endoftext|>"
+BOS_ID, EOS_ID = 512, 513  # in conftest's byte-level vocabulary
 PROMPTS = ["a red cube", "two blue spheres left of a cube"]
 
 
@@ -100,46 +100,27 @@ def inpaint_config() -> ModelConfig:
 CONFIGS = {"sd1": sd1_config, "sd2": sd2_config, "inpaint": inpaint_config}
 
 
-def byte_vocabulary() -> list[str]:
-    """CLIP's byte-to-unicode symbols, each also with </w>, then the two special tokens."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    printable += range(ord("®"), ord("ÿ") + 1)
-    others = [b for b in range(256) if b not in printable]
-    symbols = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
-    return symbols + [s + "</w>" for s in symbols] + [BOS, EOS]
+@pytest.fixture(scope="module")
+def hub_tokenizers(tmp_path_factory, sd_tokenizer_folder) -> dict[str, Path]:
+    """Pad token → a tokenizer folder as SD's hub folders hold it (vocab.json, merges.txt,
+    special tokens as AddedToken objects): conftest's byte-level CLIP tokenizer."""
+    root = tmp_path_factory.mktemp("hub_tokenizers")
+    return {
+        pad: sd_tokenizer_folder(root / name, pad) for name, pad in [("eos", EOS), ("bang", "!")]
+    }
 
 
-def write_bpe_files(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = {token: i for i, token in enumerate(byte_vocabulary())}
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-
-
-def saved_tokenizer(folder: Path, pad_token: str) -> Path:
-    """A tokenizer folder as transformers 5 saves it (tokenizer.json + tokenizer_config.json)."""
-    write_bpe_files(folder.parent / f"{folder.name}_bpe")
-    bpe = folder.parent / f"{folder.name}_bpe"
-    tokenizer = CLIPTokenizer(str(bpe / "vocab.json"), str(bpe / "merges.txt"), pad_token=pad_token)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def hub_style_tokenizer(folder: Path, pad_token: str) -> Path:
-    """A tokenizer folder as SD's hub folders hold it: vocab.json, merges.txt, and special
-    tokens as AddedToken objects in special_tokens_map.json / tokenizer_config.json."""
-    write_bpe_files(folder)
-
-    def added(token: str) -> dict:
-        return {"content": token, "lstrip": False, "normalized": True, "rstrip": False}
-
-    special = {"bos_token": added(BOS), "eos_token": added(EOS), "unk_token": added(EOS)}
-    (folder / "special_tokens_map.json").write_text(json.dumps({**special, "pad_token": pad_token}))
-    config = {**special, "pad_token": pad_token, "model_max_length": 77}
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps({**config, "tokenizer_class": "CLIPTokenizer", "do_lower_case": True})
-    )
-    return folder
+@pytest.fixture(scope="module")
+def saved_tokenizers(hub_tokenizers, tmp_path_factory) -> dict[str, Path]:
+    """Pad token → the same tokenizer as transformers 5 saves it (tokenizer.json +
+    tokenizer_config.json, no vocab.json)."""
+    root = tmp_path_factory.mktemp("saved_tokenizers")
+    result = {}
+    for name, (pad, hub) in zip(["eos", "bang"], hub_tokenizers.items(), strict=True):
+        tokenizer = CLIPTokenizer(str(hub / "vocab.json"), str(hub / "merges.txt"), pad_token=pad)
+        tokenizer.save_pretrained(root / name)
+        result[pad] = root / name
+    return result
 
 
 def random_states(config: ModelConfig, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
@@ -171,23 +152,22 @@ def assert_tensors_equal(actual: dict, expected: dict) -> None:
         assert torch.equal(actual[key], tensor), key
 
 
-def tokenizer_for(config: ModelConfig, folder: Path) -> Path:
+def tokenizer_for(config: ModelConfig, saved_tokenizers: dict[str, Path]) -> Path:
     pad = EOS if config.text_encoder.pad_token_id == EOS_ID else "!"
-    return saved_tokenizer(folder, pad)
+    return saved_tokenizers[pad]
 
 
 @pytest.fixture(scope="module")
-def written(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """For each config: (config, our states, a folder written by us)."""
+def written(tmp_path_factory, hub_tokenizers, saved_tokenizers) -> dict:
+    """For each config: (config, our states, a folder written by us, its source tokenizer);
+    SD 2's tokenizer in the hub layout, the others as transformers saves them."""
     root = tmp_path_factory.mktemp("written")
     result = {}
     for name, make_config in CONFIGS.items():
         config = make_config()
         states = random_states(config)
         tokenizer = (
-            hub_style_tokenizer(root / f"{name}_tok", "!")
-            if name == "sd2"
-            else tokenizer_for(config, root / f"{name}_tok")
+            hub_tokenizers["!"] if name == "sd2" else tokenizer_for(config, saved_tokenizers)
         )
         write_diffusers_folder(
             root / name, config, states, scheduler=None, tokenizer_dir=tokenizer, dtype=None
@@ -477,10 +457,9 @@ def read_config(name: str) -> ModelConfig:
 
 
 @pytest.mark.parametrize("name", ["sd1", "sd2"])
-def test_reads_a_folder_saved_by_diffusers(tmp_path, name):
+def test_reads_a_folder_saved_by_diffusers(tmp_path, saved_tokenizers, name):
     config = read_config(name)
-    tokenizer_dir = tokenizer_for(config, tmp_path / "tok")
-    pipeline = diffusers_pipeline(config, tokenizer_dir)
+    pipeline = diffusers_pipeline(config, tokenizer_for(config, saved_tokenizers))
     pipeline.save_pretrained(tmp_path / "model")
     model = read_diffusers_folder(tmp_path / "model")
     assert isinstance(model, DiffusersModel)
@@ -491,9 +470,9 @@ def test_reads_a_folder_saved_by_diffusers(tmp_path, name):
     assert model.dtype == torch.float32
 
 
-def test_reads_the_fp16_variant(tmp_path):
+def test_reads_the_fp16_variant(tmp_path, saved_tokenizers):
     config = read_config("sd1")
-    pipeline = diffusers_pipeline(config, tokenizer_for(config, tmp_path / "tok"))
+    pipeline = diffusers_pipeline(config, tokenizer_for(config, saved_tokenizers))
     pipeline.to(torch.float16).save_pretrained(tmp_path / "model", variant="fp16")
     assert (tmp_path / "model" / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
     model = read_diffusers_folder(tmp_path / "model", variant="fp16")
@@ -505,10 +484,10 @@ def test_reads_the_fp16_variant(tmp_path):
         read_diffusers_folder(tmp_path / "model", variant="bf16")
 
 
-def test_reads_legacy_pickles_and_shards(tmp_path):
+def test_reads_legacy_pickles_and_shards(tmp_path, saved_tokenizers):
     """.bin files written by torch.save of plain state dicts, and a sharded text encoder."""
     config = read_config("sd1")
-    pipeline = diffusers_pipeline(config, tokenizer_for(config, tmp_path / "tok"))
+    pipeline = diffusers_pipeline(config, tokenizer_for(config, saved_tokenizers))
     folder = tmp_path / "model"
     pipeline.save_pretrained(folder)
     for sub, name in [("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model")]:
@@ -580,21 +559,22 @@ def test_round_trip_keeps_scheduler_settings_and_casts_to_dtype(written, tmp_pat
     assert_states_equal(model.states, half)
 
 
-def test_special_token_ids_from_both_tokenizer_layouts(tmp_path):
+def test_special_token_ids_from_both_tokenizer_layouts(hub_tokenizers, saved_tokenizers):
     expected = {"bos_token": BOS_ID, "eos_token": EOS_ID}
-    assert special_token_ids(hub_style_tokenizer(tmp_path / "a", "!")) == {
-        **expected,
-        "pad_token": 0,
-    }
-    saved = saved_tokenizer(tmp_path / "b", EOS)
+    assert special_token_ids(hub_tokenizers["!"]) == {**expected, "pad_token": 0}
+    saved = saved_tokenizers[EOS]
     assert special_token_ids(saved) == {**expected, "pad_token": EOS_ID}
     assert not (saved / "vocab.json").exists()  # ids from tokenizer.json
 
 
-def test_pad_id_falls_back_to_the_text_config_without_a_tokenizer_pad(written, tmp_path):
+def test_pad_id_falls_back_to_the_text_config_without_a_tokenizer_pad(
+    written, hub_tokenizers, tmp_path
+):
     folder = Path(shutil.copytree(written["sd1"][2], tmp_path / "model"))
     shutil.rmtree(folder / "tokenizer")
-    write_bpe_files(folder / "tokenizer")  # vocab.json + merges.txt only: no special tokens named
+    (folder / "tokenizer").mkdir()
+    for name in ("vocab.json", "merges.txt"):  # no special tokens named
+        shutil.copy(hub_tokenizers[EOS] / name, folder / "tokenizer" / name)
     edit_json(folder / "text_encoder" / "config.json", pad_token_id=7)
     assert read_diffusers_folder(folder).config.text_encoder.pad_token_id == 7
 
@@ -736,7 +716,7 @@ def test_weights_that_do_not_fit_name_the_file_and_key(sd1_copy):
         read_diffusers_folder(sd1_copy)
     save_file({k: v for k, v in state.items() if "final_layer_norm.bias" not in k}, text)
     with pytest.raises(
-        UsageError, match=rf"^{text}: .*1 missing key\(s\) \['final_layer_norm.bias'\]"
+        UsageError, match=rf"^{text}: missing key final_layer_norm.bias \(1 missing\)$"
     ):
         read_diffusers_folder(sd1_copy)
     save_file({**state, "text_model.final_layer_norm.bias": torch.zeros(3)}, text)
@@ -801,7 +781,7 @@ def test_writer_leaves_nothing_behind_on_bad_weights_or_a_failed_write(
     config, states, _, tokenizer_dir = written["sd1"]
     target = tmp_path / "out"
     bad = {**states, "unet": {k: v for k, v in states["unet"].items() if k != "conv_out.bias"}}
-    with pytest.raises(UsageError, match=r"missing key\(s\) \['conv_out.bias'\]"):
+    with pytest.raises(UsageError, match=r"missing key conv_out.bias \(1 missing\)"):
         write_diffusers_folder(target, config, bad, scheduler=None, tokenizer_dir=tokenizer_dir)
     with pytest.raises(UsageError, match="no CLIP tokenizer at"):
         write_diffusers_folder(target, config, states, scheduler=None, tokenizer_dir=tmp_path)

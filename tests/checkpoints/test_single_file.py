@@ -497,23 +497,7 @@ def test_written_file_carries_the_config_in_its_metadata(tmp_path):
 # ── Interoperability with diffusers' `from_single_file` ───────────────────────────────────
 
 
-def byte_level_tokenizer(folder: Path) -> CLIPTokenizer:
-    """A CLIPTokenizer over GPT-2's 256 printable byte stand-ins (+ `</w>` forms, bos, eos)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    printable += range(ord("®"), ord("ÿ") + 1)
-    others = [b for b in range(256) if b not in printable]
-    symbols = sorted([chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))])
-    vocab = {s: i for i, s in enumerate(symbols)} | {
-        s + "</w>": 256 + i for i, s in enumerate(symbols)
-    }
-    vocab |= {"<|startoftext|>": 512, "<|endoftext|>": 513}
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-
-
-def diffusers_folder(folder: Path, config: ModelConfig, text_layers: int) -> Path:
+def diffusers_folder(folder: Path, config: ModelConfig, text_layers: int, tokenizer: Path) -> Path:
     """A diffusers SD folder of this architecture (random weights: only its configs are read)."""
     text_config = replace(config.text_encoder, layers=text_layers)
     scheduler = DDIMScheduler(
@@ -528,7 +512,7 @@ def diffusers_folder(folder: Path, config: ModelConfig, text_layers: int) -> Pat
     pipe = StableDiffusionPipeline(
         vae=AutoencoderKL(**diffusers_vae_config(config.autoencoder)),
         text_encoder=CLIPTextModel(CLIPTextConfig(**transformers_clip_text_config(text_config))),
-        tokenizer=byte_level_tokenizer(folder.parent / "vocab"),
+        tokenizer=CLIPTokenizer.from_pretrained(tokenizer),
         unet=UNet2DConditionModel(**diffusers_unet_config(config.unet)),
         scheduler=scheduler,
         safety_checker=None,
@@ -572,7 +556,9 @@ def assert_same_weights(got: dict, expected: dict) -> None:
 
 
 @pytest.mark.parametrize("name", ["sd1", "sd2"])
-def test_diffusers_reads_our_file_into_the_same_weights(tmp_path, monkeypatch, name):
+def test_diffusers_reads_our_file_into_the_same_weights(
+    tmp_path, monkeypatch, sd_tokenizer_folder, name
+):
     config = CONFIGS[name]()
     text_layers = config.text_encoder.layers
     if name == "sd2":  # as converted from a diffusers folder: one layer less, its last output
@@ -584,8 +570,9 @@ def test_diffusers_reads_our_file_into_the_same_weights(tmp_path, monkeypatch, n
     states = random_states(config)
     path = tmp_path / "model.safetensors"
     write_single_file(path, config, states)
+    tokenizer = sd_tokenizer_folder(tmp_path / "tokenizer")
     got = read_with_diffusers(
-        path, diffusers_folder(tmp_path / "folder", config, text_layers), monkeypatch
+        path, diffusers_folder(tmp_path / "folder", config, text_layers, tokenizer), monkeypatch
     )
     assert_same_weights(got, ours_in_diffusers_layout(config, states, text_layers))
 
@@ -777,7 +764,9 @@ def test_our_layout_equals_the_original_architecture(name):
 
 
 @pytest.mark.parametrize("name", ["sd1", "sd2"])
-def test_a_foreign_file_is_read_as_diffusers_reads_it(tmp_path, monkeypatch, name):
+def test_a_foreign_file_is_read_as_diffusers_reads_it(
+    tmp_path, monkeypatch, sd_tokenizer_folder, name
+):
     """A file built from the original architecture's key list with random tensors (plus what
     original files carry beside the weights): our reader and diffusers' put every tensor in
     the same place."""
@@ -802,7 +791,8 @@ def test_a_foreign_file_is_read_as_diffusers_reads_it(tmp_path, monkeypatch, nam
     assert got_config == config
     # diffusers folders hold SD 2's text encoder without its last layer, which SD 2 skips
     text_layers = config.text_encoder.layers - (name == "sd2")
+    tokenizer = sd_tokenizer_folder(tmp_path / "tokenizer")
     diffusers = read_with_diffusers(
-        path, diffusers_folder(tmp_path / "folder", config, text_layers), monkeypatch
+        path, diffusers_folder(tmp_path / "folder", config, text_layers, tokenizer), monkeypatch
     )
     assert_same_weights(diffusers, ours_in_diffusers_layout(config, states, text_layers))

@@ -18,8 +18,8 @@ from latentdiff.models.text_encoder import TextEncoder
 from latentdiff.models.tokenizer import PromptTokenizer
 from latentdiff.pipelines.prompts import encode_prompts
 
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-BOS_ID, EOS_ID = 512, 513  # after the 256 byte symbols and the 256 word-final ones
+EOS = "<|endoftext|>"
+BOS_ID, EOS_ID = 512, 513  # conftest's vocabulary: after 256 bytes + 256 word-final bytes
 SD1_PAD, SD2_PAD = EOS, "!"
 
 LONG = " ".join(f"word{i}" for i in range(40))  # 200+ byte-level tokens
@@ -33,33 +33,6 @@ PROMPTS = [
 ]
 
 
-def byte_symbols() -> list[str]:
-    """GPT-2's printable stand-ins for the 256 bytes (what byte-level BPE vocabularies hold)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    printable += range(ord("®"), ord("ÿ") + 1)
-    others = [b for b in range(256) if b not in printable]
-    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
-
-
-def write_sd_tokenizer_folder(folder: Path, pad_token: str) -> Path:
-    """A `tokenizer/` folder laid out as SD's checkpoints ship it, with a byte-level vocabulary."""
-    symbols = sorted(byte_symbols())
-    vocab = {s: i for i, s in enumerate(symbols)}
-    vocab |= {s + "</w>": 256 + i for i, s in enumerate(symbols)} | {BOS: BOS_ID, EOS: EOS_ID}
-    folder.mkdir(parents=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-
-    def token(content: str) -> dict:
-        return {"content": content, "lstrip": False, "normalized": True, "rstrip": False}
-
-    special = {"bos_token": token(BOS), "eos_token": token(EOS), "unk_token": token(EOS)}
-    (folder / "special_tokens_map.json").write_text(json.dumps(special | {"pad_token": pad_token}))
-    config = {**special, "pad_token": pad_token, "model_max_length": 77, "do_lower_case": True}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config | {"errors": "replace"}))
-    return folder
-
-
 def reference(folder: Path, pad_token: str) -> transformers.CLIPTokenizer:
     return transformers.CLIPTokenizer(
         str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token=pad_token
@@ -67,8 +40,9 @@ def reference(folder: Path, pad_token: str) -> transformers.CLIPTokenizer:
 
 
 @pytest.fixture(scope="module", params=[SD1_PAD, SD2_PAD], ids=["sd1", "sd2"])
-def folder(request, tmp_path_factory) -> tuple[Path, str]:
-    return write_sd_tokenizer_folder(tmp_path_factory.mktemp("t") / "tokenizer", request.param)
+def folder(request, tmp_path_factory, sd_tokenizer_folder) -> Path:
+    """conftest's byte-level CLIP tokenizer folder, padded as SD 1.x or as SD 2.x."""
+    return sd_tokenizer_folder(tmp_path_factory.mktemp("t") / "tokenizer", request.param)
 
 
 def test_special_ids_follow_the_folder(folder):
