@@ -152,7 +152,10 @@ def components_from_weights(
         state = weights.states.get(name)
         if state is None:
             raise UsageError(f"{source}: no {name} weights")
-        load_module_state(module, state, f"{source} [{name}]", assign=True, dtype=dtype)
+        for key, tensor in state.items():  # one tensor at a time: its original is freed at once
+            if tensor.is_floating_point():
+                state[key] = tensor.to(dtype)
+        load_module_state(module, state, f"{source} [{name}]", assign=True)
         weights.states[name] = {}  # the module owns the tensors now
         module.to(device).eval().requires_grad_(False)
     return Components(

@@ -96,3 +96,41 @@ class CLIPTokenizer:
 
 def _one_line(error: Exception) -> str:
     return " ".join(str(error).split()) or type(error).__name__
+
+
+# ── A CLIP tokenizer without downloads (tests, benchmarks) ─────────────────────────────────
+# after the 256 byte symbols and the 256 word-final ones
+BYTE_LEVEL_BOS_ID, BYTE_LEVEL_EOS_ID = 512, 513
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's printable stand-ins for the 256 bytes (what byte-level BPE vocabularies hold)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    others = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
+
+
+def write_byte_level_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> Path:
+    """A `tokenizer/` folder laid out as SD checkpoints ship it (vocab.json, merges.txt, special
+    tokens; SD 1.x pads with the end-of-text token, SD 2.x with "!"), with a byte-level
+    vocabulary and no merges: real CLIP tokenization rules, 514 tokens, nothing downloaded."""
+    import json
+
+    symbols = sorted(_byte_symbols())
+    vocab = {s: i for i, s in enumerate(symbols)}
+    vocab |= {s + "</w>": 256 + i for i, s in enumerate(symbols)}
+    vocab |= {"<|startoftext|>": BYTE_LEVEL_BOS_ID, "<|endoftext|>": BYTE_LEVEL_EOS_ID}
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+
+    def token(content: str) -> dict:
+        return {"content": content, "lstrip": False, "normalized": True, "rstrip": False}
+
+    special = {"bos_token": token("<|startoftext|>"), "eos_token": token("<|endoftext|>")}
+    special["unk_token"] = token("<|endoftext|>")
+    (folder / "special_tokens_map.json").write_text(json.dumps(special | {"pad_token": pad_token}))
+    config = {**special, "pad_token": pad_token, "model_max_length": 77, "do_lower_case": True}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config | {"errors": "replace"}))
+    return folder
