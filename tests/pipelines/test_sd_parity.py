@@ -38,7 +38,8 @@ from latentdiff.config import PRESETS, ModelConfig
 from latentdiff.pipelines.common import decode_latents
 from latentdiff.pipelines.pipeline import Pipeline, load_pipeline
 
-pytestmark = pytest.mark.slow
+# One worker builds the full-size models (RAM): keep the module together under pytest-xdist.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sd_full_size")]
 
 PROMPT = "a photograph of an astronaut riding a horse"
 STEPS, GUIDANCE, SIZE = 3, 7.5, 64
