@@ -20,15 +20,17 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from latentdiff.checkpoints import diffusers_folder
+from latentdiff.checkpoints.diffusers_configs import (
+    autoencoder_config_from_diffusers,
+    text_encoder_config_from_transformers,
+    unet_config_from_diffusers,
+)
 from latentdiff.checkpoints.diffusers_folder import (
     DiffusersModel,
-    autoencoder_config_from_diffusers,
     diffusers_scheduler_config,
     drop_unused_text_layer,
     read_diffusers_folder,
     special_token_ids,
-    text_encoder_config_from_transformers,
-    unet_config_from_diffusers,
     write_diffusers_folder,
 )
 from latentdiff.checkpoints.diffusers_layout import (

@@ -165,7 +165,7 @@ def test_initialization_zeroes_each_residual_branch_and_the_output():
         # a 9-channel conv_in adds 5 × 320 × 3 × 3 weights
         ("sd15-inpainting", 859_535_364),
         ("sd2-inpainting", 865_925_124),
-        ("sd-x4-upscaler", None),  # no published count: equal to diffusers' is the check
+        ("sd-x4-upscaler", 473_398_020),  # published as 473 M
     ],
 )
 def test_parameter_count_of_full_size_presets(preset, expected):
