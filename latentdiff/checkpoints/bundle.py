@@ -61,6 +61,33 @@ def build_components(config: ModelConfig, tokenizer: Tokenizer) -> Components:
     )
 
 
+def random_weights(
+    config: ModelConfig, seed: int = 0, noise: float | None = None
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Random weights for every component of `config`, in latentdiff's key layout.
+
+    `noise=None`: N(0, 1) everywhere, so that no zero-initialised layer or repeated value can
+    hide a swapped key (checks of key layouts). Otherwise each module's own initialisation plus
+    `noise`·N(0, 1): a random model whose activations stay in range and whose output depends
+    on the prompt (end-to-end runs).
+    """
+    modules = {"autoencoder": Autoencoder, "unet": UNet, "text_encoder": TextEncoder}
+    generator = torch.Generator().manual_seed(seed)
+    states = {}
+    for name, module_class in modules.items():
+        if noise is None:
+            with torch.device("meta"):
+                shapes = module_class(getattr(config, name)).state_dict()
+            states[name] = {k: torch.randn(v.shape, generator=generator) for k, v in shapes.items()}
+        else:
+            torch.manual_seed(seed)
+            state = module_class(getattr(config, name)).state_dict()
+            states[name] = {
+                k: v + noise * torch.randn(v.shape, generator=generator) for k, v in state.items()
+            }
+    return states
+
+
 def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     """A bundled model's name or a folder path → the folder."""
     if str(name_or_path) in BUNDLED_MODELS:

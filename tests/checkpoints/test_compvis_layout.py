@@ -11,6 +11,7 @@ from diffusers.loaders.single_file_utils import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from latentdiff.checkpoints.bundle import random_weights
 from latentdiff.checkpoints.compvis_layout import (
     CLIP_PREFIX,
     OPENCLIP_PREFIX,
@@ -67,18 +68,6 @@ def openclip_tiny() -> ModelConfig:
         unet=replace(base.unet, use_linear_projection=True, transformer_depth=2),
         text_encoder=replace(base.text_encoder, activation="gelu", output_layer="penultimate"),
     )
-
-
-def random_states(config: ModelConfig, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
-    """Random values everywhere (a zero-initialised layer could hide a swapped key)."""
-    generator = torch.Generator().manual_seed(seed)
-    modules = {"autoencoder": Autoencoder, "unet": UNet, "text_encoder": TextEncoder}
-    states = {}
-    for name, module_class in modules.items():
-        with torch.device("meta"):
-            shapes = module_class(getattr(config, name)).state_dict()
-        states[name] = {k: torch.randn(v.shape, generator=generator) for k, v in shapes.items()}
-    return states
 
 
 def meta_states(config: ModelConfig) -> dict[str, dict[str, torch.Tensor]]:
@@ -138,7 +127,7 @@ def test_full_size_files_are_what_diffusers_reads(preset):
 @pytest.mark.parametrize("make_config", [clip_tiny, openclip_tiny])
 def test_tiny_values_are_what_diffusers_reads(make_config):
     config = make_config()
-    states = random_states(config)
+    states = random_weights(config)
     with torch.device("meta"):
         text_model = CLIPTextModel(
             CLIPTextConfig(**transformers_clip_text_config(config.text_encoder))
@@ -157,7 +146,7 @@ def test_tiny_values_are_what_diffusers_reads(make_config):
 @pytest.mark.parametrize("make_config", [clip_tiny, openclip_tiny])
 def test_round_trip_gives_back_the_same_tensors(make_config):
     config = make_config()
-    states = random_states(config, seed=1)
+    states = random_weights(config, seed=1)
     back = model_from_compvis(model_to_compvis(states, config), config)
     assert config == written_config(config)
     for name, state in states.items():
@@ -203,7 +192,7 @@ def test_known_key_names_and_shapes_of_sd15_and_sd21():
 
 def test_autoencoder_attention_is_written_as_1x1_convolutions_and_read_back():
     config = clip_tiny()
-    states = random_states(config)
+    states = random_weights(config)
     tensors = model_to_compvis(states, config)
     written = tensors["first_stage_model.decoder.mid.attn_1.v.weight"]
     ours = states["autoencoder"]["decoder.mid.attn.attention.to_v.weight"]
@@ -244,7 +233,7 @@ def test_penultimate_openclip_and_clip_text_encoders_are_written_as_they_are():
 
 def test_clip_keys_without_text_model_are_read():
     config = clip_tiny()
-    state = random_states(config)["text_encoder"]
+    state = random_weights(config)["text_encoder"]
     tensors = text_encoder_to_compvis(state, config.text_encoder)
     short = {key.replace("text_model.", ""): tensor for key, tensor in tensors.items()}
     assert not any("text_model" in key for key in short)
@@ -254,7 +243,7 @@ def test_clip_keys_without_text_model_are_read():
 
 def test_bad_keys_and_shapes_are_named():
     config = clip_tiny()
-    tensors = unet_to_compvis(random_states(config)["unet"], config.unet)
+    tensors = unet_to_compvis(random_weights(config)["unet"], config.unet)
     extra = {**tensors, "model.diffusion_model.out.9.weight": torch.zeros(1)}
     with pytest.raises(UsageError, match=r"unexpected key model.diffusion_model.out.9.weight \(1"):
         unet_from_compvis(extra, config.unet)
@@ -264,7 +253,7 @@ def test_bad_keys_and_shapes_are_named():
     wrong = {**tensors, "model.diffusion_model.out.2.bias": torch.zeros(5)}
     with pytest.raises(UsageError, match=r"out.2.bias has shape \(5,\), expected \(4,\)"):
         unet_from_compvis(wrong, config.unet)
-    states = random_states(config)
+    states = random_weights(config)
     with pytest.raises(UsageError, match="need weights for exactly"):
         model_to_compvis({"unet": states["unet"]}, config)
     bad_text = {**states["text_encoder"], "blocks.0.ln_1.weight": torch.zeros(3)}

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from latentdiff.checkpoints import diffusers_folder
+from latentdiff.checkpoints.bundle import random_weights
 from latentdiff.checkpoints.diffusers_configs import (
     autoencoder_config_from_diffusers,
     text_encoder_config_from_transformers,
@@ -47,9 +48,7 @@ from latentdiff.checkpoints.transformers_layout import (
 from latentdiff.config import PRESETS, DiffusionConfig, ModelConfig, tiny_config
 from latentdiff.diffusion.schedules import SchedulerSettings, get_timesteps
 from latentdiff.errors import UsageError
-from latentdiff.models.autoencoder import Autoencoder
 from latentdiff.models.text_encoder import TextEncoder
-from latentdiff.models.unet import UNet
 
 EOS = "<|endoftext|>"
 BOS_ID, EOS_ID = 512, 513  # in conftest's byte-level vocabulary
@@ -125,20 +124,6 @@ def saved_tokenizers(hub_tokenizers, tmp_path_factory) -> dict[str, Path]:
     return result
 
 
-def random_states(config: ModelConfig, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
-    """Our modules' weights, every tensor perturbed so that none is zero or one by init."""
-    torch.manual_seed(seed)
-    modules = {
-        "autoencoder": Autoencoder(config.autoencoder),
-        "unet": UNet(config.unet),
-        "text_encoder": TextEncoder(config.text_encoder),
-    }
-    return {
-        name: {k: v + 0.1 * torch.randn_like(v) for k, v in module.state_dict().items()}
-        for name, module in modules.items()
-    }
-
-
 def assert_states_equal(actual: dict, expected: dict) -> None:
     assert actual.keys() == expected.keys()
     for name in expected:
@@ -167,7 +152,7 @@ def written(tmp_path_factory, hub_tokenizers, saved_tokenizers) -> dict:
     result = {}
     for name, make_config in CONFIGS.items():
         config = make_config()
-        states = random_states(config)
+        states = random_weights(config, noise=0.1)
         tokenizer = (
             hub_tokenizers["!"] if name == "sd2" else tokenizer_for(config, saved_tokenizers)
         )

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from latentdiff.checkpoints import single_file
+from latentdiff.checkpoints.bundle import random_weights
 from latentdiff.checkpoints.compvis_layout import compvis_shapes, model_to_compvis
 from latentdiff.checkpoints.diffusers_layout import (
     autoencoder_to_diffusers,
@@ -35,9 +36,7 @@ from latentdiff.checkpoints.transformers_layout import (
 )
 from latentdiff.config import ModelConfig, UNetConfig, sd15_config, sd21_config, tiny_config
 from latentdiff.errors import UsageError
-from latentdiff.models.autoencoder import Autoencoder
 from latentdiff.models.text_encoder import TextEncoder
-from latentdiff.models.unet import UNet
 
 replace = dataclasses.replace
 VOCAB_SIZE = 514  # the byte-level test vocabulary: 256 bytes, 256 word-final bytes, bos, eos
@@ -105,17 +104,6 @@ CONFIGS = {
 }
 
 
-def random_states(config: ModelConfig, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(seed)
-    modules = {"autoencoder": Autoencoder, "unet": UNet, "text_encoder": TextEncoder}
-    states = {}
-    for name, module_class in modules.items():
-        with torch.device("meta"):
-            shapes = module_class(getattr(config, name)).state_dict()
-        states[name] = {k: torch.randn(v.shape, generator=generator) for k, v in shapes.items()}
-    return states
-
-
 def assert_states_equal(got: dict, expected: dict) -> None:
     assert set(got) == set(expected)
     for name in expected:
@@ -143,7 +131,7 @@ def foreign_file(path: Path, config: ModelConfig, states: dict, **extra: torch.T
 @pytest.mark.parametrize("name", [*CONFIGS, "tiny"])
 def test_round_trip_is_bit_exact(tmp_path, name):
     config = tiny_config() if name == "tiny" else CONFIGS[name]()
-    states = random_states(config)
+    states = random_weights(config)
     path = tmp_path / "model.safetensors"
     write_single_file(path, config, states)
     got_config, got = read_single_file(path)
@@ -154,7 +142,7 @@ def test_round_trip_is_bit_exact(tmp_path, name):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_config_is_detected_from_keys_and_shapes(tmp_path, name):
     config = CONFIGS[name]()
-    states = random_states(config)
+    states = random_weights(config)
     path = foreign_file(tmp_path / "model.safetensors", config, states)
     got_config, got = read_single_file(path)
     assert got_config == config
@@ -195,7 +183,7 @@ def test_overrides_replace_what_shapes_cannot_tell():
 def test_overrides_apply_to_a_stored_config(tmp_path):
     config = sd2_like()
     path = tmp_path / "model.safetensors"
-    write_single_file(path, config, random_states(config))
+    write_single_file(path, config, random_weights(config))
     got, _ = read_single_file(path, prediction_type="epsilon")
     assert got == replace(config, diffusion=replace(config.diffusion, prediction_type="epsilon"))
     forced, _ = read_single_file(path, version="sd1")  # detection with SD 1's defaults
@@ -207,7 +195,7 @@ def test_overrides_apply_to_a_stored_config(tmp_path):
 def test_shapes_no_sd_model_has_are_refused_by_detection(tmp_path):
     """The tiny test preset (16-wide, 4 GroupNorm groups) is only readable from our metadata."""
     config = tiny_config()
-    path = foreign_file(tmp_path / "tiny.safetensors", config, random_states(config))
+    path = foreign_file(tmp_path / "tiny.safetensors", config, random_weights(config))
     with pytest.raises(UsageError, match=r"tiny.safetensors: .*do not split|unsupported arch"):
         read_single_file(path)
     shapes = compvis_shapes(sd1_like())
@@ -225,7 +213,7 @@ def test_written_sd2_text_encoder_from_a_diffusers_folder_reads_back_equivalent(
     config = sd2_like()
     config = replace(config, text_encoder=replace(config.text_encoder, output_layer="last"))
     torch.manual_seed(0)
-    states = random_states(config)
+    states = random_weights(config)
     path = tmp_path / "model.safetensors"
     write_single_file(path, config, states)
     for read in (
@@ -249,7 +237,7 @@ def test_written_sd2_text_encoder_from_a_diffusers_folder_reads_back_equivalent(
 
 def test_full_checkpoint_gives_raw_weights_by_default_and_ema_on_request(tmp_path):
     config = sd1_like()
-    states, ema_states = random_states(config, seed=0), random_states(config, seed=1)
+    states, ema_states = random_weights(config, seed=0), random_weights(config, seed=1)
     unet = model_to_compvis(ema_states, config)
     ema = {ema_key(k): v for k, v in unet.items() if k.startswith("model.diffusion_model.")}
     assert "model_ema.diffusion_modelinput_blocks00weight" in ema
@@ -276,7 +264,7 @@ def test_full_checkpoint_gives_raw_weights_by_default_and_ema_on_request(tmp_pat
 def test_only_the_tensors_the_model_uses_are_loaded(tmp_path, monkeypatch):
     """A full checkpoint's EMA copy and training buffers are never read into memory."""
     config = sd1_like()
-    states = random_states(config)
+    states = random_weights(config)
     unet = model_to_compvis(states, config)
     extra = {ema_key(k): v + 1 for k, v in unet.items() if k.startswith("model.diffusion_model.")}
     extra |= {name: torch.rand(1000) for name in DDPM_BUFFERS}
@@ -313,7 +301,7 @@ def test_only_the_tensors_the_model_uses_are_loaded(tmp_path, monkeypatch):
 
 def test_fp16_files_are_returned_as_stored(tmp_path):
     config = sd1_like()
-    states = random_states(config)
+    states = random_weights(config)
     path = tmp_path / "half.safetensors"
     write_single_file(path, config, states, dtype=torch.float16)
     assert all(t.dtype == torch.float16 for t in file_tensors(path).values())
@@ -331,7 +319,7 @@ def test_fp16_files_are_returned_as_stored(tmp_path):
 
 def test_keys_that_inference_does_not_use_are_ignored(tmp_path):
     config = sd2_like()
-    states = random_states(config)
+    states = random_weights(config)
     extra = {name: torch.rand(1000) for name in DDPM_BUFFERS}
     extra |= {
         "logvar": torch.zeros(1000),
@@ -351,7 +339,7 @@ def test_keys_that_inference_does_not_use_are_ignored(tmp_path):
 
 def test_sd1_text_keys_with_position_ids_or_without_text_model_are_read(tmp_path):
     config = sd1_like()
-    states = random_states(config)
+    states = random_weights(config)
     tensors = model_to_compvis(states, config)
     short = {k.replace("transformer.text_model.", "transformer."): v for k, v in tensors.items()}
     short["cond_stage_model.transformer.embeddings.position_ids"] = torch.arange(8)[None]
@@ -370,7 +358,7 @@ class Callback:
 
 def test_ckpt_with_plain_tensors_loads(tmp_path):
     config = sd1_like()
-    states = random_states(config)
+    states = random_weights(config)
     tensors = model_to_compvis(states, config)
     wrapped = {"state_dict": tensors, "global_step": 470000, "epoch": 6}
     torch.save(wrapped, tmp_path / "wrapped.ckpt")
@@ -385,7 +373,7 @@ def test_ckpt_with_plain_tensors_loads(tmp_path):
 
 def test_ckpt_that_needs_unsafe_unpickling_is_refused(tmp_path):
     config = sd1_like()
-    tensors = model_to_compvis(random_states(config), config)
+    tensors = model_to_compvis(random_weights(config), config)
     path = tmp_path / "lightning.ckpt"
     torch.save({"state_dict": tensors, "callbacks": {"checkpoint": Callback()}}, path)
     with pytest.raises(UsageError) as error:
@@ -402,7 +390,7 @@ def test_ckpt_that_needs_unsafe_unpickling_is_refused(tmp_path):
 @pytest.fixture
 def sd1_file(tmp_path) -> tuple[ModelConfig, dict, Path]:
     config = sd1_like()
-    states = random_states(config)
+    states = random_weights(config)
     return config, states, foreign_file(tmp_path / "model.safetensors", config, states)
 
 
@@ -471,7 +459,7 @@ def test_unknown_missing_and_misshapen_keys_are_named(tmp_path, sd1_file):
 
 def test_writing_refuses_pickles_and_bad_states(tmp_path):
     config = sd1_like()
-    states = random_states(config)
+    states = random_weights(config)
     with pytest.raises(
         UsageError, match=r"model.ckpt: single files are written as .safetensors only"
     ):
@@ -487,7 +475,7 @@ def test_writing_refuses_pickles_and_bad_states(tmp_path):
 def test_written_file_carries_the_config_in_its_metadata(tmp_path):
     config = sd1_like()
     path = tmp_path / "model.safetensors"
-    write_single_file(path, config, random_states(config))
+    write_single_file(path, config, random_weights(config))
     with safe_open(str(path), framework="pt") as file:
         metadata = file.metadata()
     assert ModelConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY])) == config
@@ -567,7 +555,7 @@ def test_diffusers_reads_our_file_into_the_same_weights(
             config,
             text_encoder=replace(config.text_encoder, layers=text_layers, output_layer="last"),
         )
-    states = random_states(config)
+    states = random_weights(config)
     path = tmp_path / "model.safetensors"
     write_single_file(path, config, states)
     tokenizer = sd_tokenizer_folder(tmp_path / "tokenizer")

@@ -15,14 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
+from latentdiff.checkpoints.bundle import random_weights
 from latentdiff.checkpoints.diffusers_folder import drop_unused_text_layer, write_diffusers_folder
 from latentdiff.checkpoints.single_file import write_single_file
 from latentdiff.checkpoints.sources import SD_SCHEDULER, read_model
 from latentdiff.cli import main
 from latentdiff.config import DiffusionConfig, ModelConfig, tiny_config
-from latentdiff.models.autoencoder import Autoencoder
-from latentdiff.models.text_encoder import TextEncoder
-from latentdiff.models.unet import UNet
 
 VOCAB_SIZE = 514  # conftest's byte-level CLIP vocabulary
 EOS_ID = 513
@@ -76,21 +74,6 @@ CONFIGS = {"sd1": sd1_like, "sd2": sd2_like}
 PAD_TOKENS = {"sd1": "<|endoftext|>", "sd2": "!"}
 
 
-def random_states(config: ModelConfig, seed: int) -> dict[str, dict[str, torch.Tensor]]:
-    """Our modules' initial weights, each perturbed (zero-initialised outputs included), so that
-    the image depends on the prompt."""
-    torch.manual_seed(seed)
-    modules = {
-        "autoencoder": Autoencoder(config.autoencoder),
-        "unet": UNet(config.unet),
-        "text_encoder": TextEncoder(config.text_encoder),
-    }
-    return {
-        name: {k: v + 0.05 * torch.randn_like(v) for k, v in module.state_dict().items()}
-        for name, module in modules.items()
-    }
-
-
 @dataclass(frozen=True)
 class Checkpoint:
     config: ModelConfig
@@ -108,7 +91,7 @@ def models(tmp_path_factory: pytest.TempPathFactory, sd_tokenizer_folder) -> dic
     result = {}
     for seed, (name, make_config) in enumerate(CONFIGS.items()):
         config = make_config()
-        states = random_states(config, seed)
+        states = random_weights(config, seed, noise=0.05)
         tokenizer = sd_tokenizer_folder(root / f"{name}-tokenizer", PAD_TOKENS[name])
         folder, single_file = root / name, root / f"{name}.safetensors"
         write_diffusers_folder(
