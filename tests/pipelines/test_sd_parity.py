@@ -192,17 +192,18 @@ def test_single_file_written_here_loads_in_diffusers_as_the_same_weights(
     from latentdiff.checkpoints.sources import read_model, write_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    _, ours, folder = sd
+    reference, ours, folder = sd  # diffusers' pipeline as read from the folder
     single = tmp_path / "model.safetensors"
     write_model(read_model(folder), single, to="single-file")
     loaded = StableDiffusionPipeline.from_single_file(
         single, config=str(folder), safety_checker=None, local_files_only=True
     )
-    reference = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
     for name in ("unet", "vae", "text_encoder"):
         got, expected = (getattr(p, name).state_dict() for p in (loaded, reference))
         assert sorted(got) == sorted(expected), name
         assert all(torch.equal(got[k], expected[k]) for k in expected), name
+    del loaded
+    gc.collect()
     # and back: the single file read by latentdiff gives the folder's weights
     back = read_model(single)
     for name, state in read_model(folder).states.items():
