@@ -2,7 +2,7 @@
 # The exact recipe of the bundled shapes model (docs/MODEL.md). Every stage resumes from its
 # run folder, so re-running this script after an interruption continues where it stopped.
 # Usage: [UNET_STEPS=N] scripts/train_shapes.sh [RUNS_DIR]   (default /work/runs, outside the
-# work tree; UNET_STEPS defaults to 1000, the bundled weights; a larger N continues the run)
+# work tree; UNET_STEPS defaults to 4000, the bundled weights; a larger N continues the run)
 set -euo pipefail
 runs="${1:-/work/runs}"
 mkdir -p "$runs"
@@ -15,7 +15,7 @@ latentdiff train autoencoder "${ae_args[@]}" --steps 750
 latentdiff train autoencoder "${ae_args[@]}" --steps 2000 --lr-schedule cosine
 
 latentdiff train unet --preset shapes --autoencoder "$runs/ae" --output-dir "$runs/unet" \
-  --cache-size 40000 --steps "${UNET_STEPS:-1000}" --batch-size 64 --lr 3e-4 --warmup 200 \
+  --cache-size 40000 --steps "${UNET_STEPS:-4000}" --batch-size 64 --lr 3e-4 --warmup 200 \
   --ema-decay 0.998 --checkpoint-every 250 --no-progress
 
 mkdir -p latentdiff/assets/shapes
