@@ -20,7 +20,7 @@ from latentdiff.errors import UsageError
 from latentdiff.fileio import atomic_write, write_json
 from latentdiff.models.autoencoder import Autoencoder
 from latentdiff.models.text_encoder import TextEncoder
-from latentdiff.models.tokenizer import PromptTokenizer, Tokenizer
+from latentdiff.models.tokenizer import PromptTokenizer
 from latentdiff.models.unet import UNet
 from latentdiff.training.checkpoint import save_weights
 
@@ -50,15 +50,24 @@ class Components:
         }
 
 
-def build_components(config: ModelConfig, tokenizer: Tokenizer) -> Components:
+COMPONENT_CLASSES: dict[str, type[nn.Module]] = {
+    "autoencoder": Autoencoder,
+    "unet": UNet,
+    "text_encoder": TextEncoder,
+}
+"""Each component's name — its `ModelConfig` field, `Components` field and weights prefix — and
+its module class."""
+
+
+def build_modules(config: ModelConfig) -> dict[str, nn.Module]:
+    """Randomly initialised modules of every component, on torch's default device (under
+    `torch.device("meta")` they cost no memory, ready to be given a checkpoint's tensors)."""
+    return {name: module(getattr(config, name)) for name, module in COMPONENT_CLASSES.items()}
+
+
+def build_components(config: ModelConfig, tokenizer: PromptTokenizer) -> Components:
     """Randomly initialised components for `config`."""
-    return Components(
-        config=config,
-        autoencoder=Autoencoder(config.autoencoder),
-        unet=UNet(config.unet),
-        text_encoder=TextEncoder(config.text_encoder),
-        tokenizer=tokenizer,
-    )
+    return Components(config=config, tokenizer=tokenizer, **build_modules(config))
 
 
 def random_weights(
@@ -71,10 +80,9 @@ def random_weights(
     `noise`·N(0, 1): a random model whose activations stay in range and whose output depends
     on the prompt (end-to-end runs).
     """
-    modules = {"autoencoder": Autoencoder, "unet": UNet, "text_encoder": TextEncoder}
     generator = torch.Generator().manual_seed(seed)
     states = {}
-    for name, module_class in modules.items():
+    for name, module_class in COMPONENT_CLASSES.items():
         if noise is None:
             with torch.device("meta"):
                 shapes = module_class(getattr(config, name)).state_dict()

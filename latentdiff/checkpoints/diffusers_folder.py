@@ -66,6 +66,7 @@ from latentdiff.config import (
     TextEncoderConfig,
 )
 from latentdiff.diffusion.schedules import (
+    DIFFUSERS_BETA_SCHEDULES,
     SchedulerSettings,
     diffusion_config_from_diffusers,
 )
@@ -368,11 +369,7 @@ def drop_unused_text_layer(
     return replace(config, layers=config.layers - 1, output_layer="last"), kept
 
 
-_BETA_SCHEDULE_NAMES = {
-    "linear": "linear",
-    "scaled_linear": "scaled_linear",
-    "cosine": "squaredcos_cap_v2",
-}
+_BETA_SCHEDULE_NAMES = {ours: theirs for theirs, ours in DIFFUSERS_BETA_SCHEDULES.items()}
 
 
 def diffusers_scheduler_config(

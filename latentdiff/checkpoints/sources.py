@@ -15,31 +15,30 @@ own size (an fp16 file costs its fp32 copy plus the fp16 tensors not yet cast).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import torch
 
 from latentdiff.checkpoints.bundle import (
+    COMPONENT_CLASSES,
     CONFIG_FILE,
     TOKENIZER_FILE,
     WEIGHTS_FILE,
     Components,
+    build_modules,
     resolve_model_path,
     take_prefix,
 )
 from latentdiff.config import ModelConfig, load_model_config
 from latentdiff.diffusion.schedules import SchedulerSettings
 from latentdiff.errors import UsageError
-from latentdiff.models.autoencoder import Autoencoder
-from latentdiff.models.text_encoder import TextEncoder
 from latentdiff.models.tokenizer import PromptTokenizer, Tokenizer
-from latentdiff.models.unet import UNet
 from latentdiff.training.checkpoint import load_module_state, load_weights
 
 Format = Literal["latentdiff", "diffusers", "single-file"]
-COMPONENTS = ("autoencoder", "unet", "text_encoder")
+COMPONENTS = tuple(COMPONENT_CLASSES)
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 
 # What Stable Diffusion's own scheduler configs say (SD 1.x and 2.x alike): "leading" timesteps
@@ -53,8 +52,9 @@ SD_SCHEDULER = SchedulerSettings(spacing=None, steps_offset=1, set_alpha_to_one=
 class LoadOptions:
     """What a user may tell the loader that a checkpoint cannot say about itself."""
 
-    tokenizer: Path | None = None
-    """A CLIP tokenizer folder (vocab.json + merges.txt) for single files, which hold none."""
+    tokenizer: str | os.PathLike | None = None
+    """A CLIP tokenizer folder (vocab.json + merges.txt) for single files, which hold none;
+    stored as a `Path`."""
     version: Literal["sd1", "sd2"] | None = None
     """Override the detected Stable Diffusion version of a single file."""
     prediction_type: Literal["epsilon", "v_prediction"] | None = None
@@ -66,6 +66,10 @@ class LoadOptions:
     """Take the EMA copy of a full single-file checkpoint's U-Net instead of the trained weights."""
     variant: str | None = None
     """A diffusers weight variant, e.g. "fp16" for `*.fp16.safetensors`."""
+
+    def __post_init__(self) -> None:
+        if self.tokenizer is not None:  # a str from the command line or a Python caller
+            object.__setattr__(self, "tokenizer", Path(self.tokenizer))
 
 
 @dataclass
@@ -140,13 +144,8 @@ def components_from_weights(
     Every key and shape is checked before anything is assigned (a bad file never half-loads);
     each component's tensors are released as soon as they are in their module.
     """
-    config = weights.config
     with torch.device("meta"):
-        modules = {
-            "autoencoder": Autoencoder(config.autoencoder),
-            "unet": UNet(config.unet),
-            "text_encoder": TextEncoder(config.text_encoder),
-        }
+        modules = build_modules(weights.config)
     source = str(weights.path)
     for name, module in modules.items():
         state = weights.states.get(name)
@@ -158,13 +157,7 @@ def components_from_weights(
         load_module_state(module, state, f"{source} [{name}]", assign=True)
         weights.states[name] = {}  # the module owns the tensors now
         module.to(device).eval().requires_grad_(False)
-    return Components(
-        config=config,
-        autoencoder=modules["autoencoder"],
-        unet=modules["unet"],
-        text_encoder=modules["text_encoder"],
-        tokenizer=load_tokenizer(weights),
-    )
+    return Components(config=weights.config, tokenizer=load_tokenizer(weights), **modules)
 
 
 def load_tokenizer(weights: ModelWeights) -> PromptTokenizer:
@@ -253,8 +246,6 @@ def _read_single_file(path: Path, options: LoadOptions) -> ModelWeights:
 def _with_prediction_type(config: ModelConfig, options: LoadOptions) -> ModelConfig:
     if options.prediction_type is None:
         return config
-    from dataclasses import replace
-
     diffusion = replace(config.diffusion, prediction_type=options.prediction_type)
     return replace(config, diffusion=diffusion)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from latentdiff.errors import UsageError
 
@@ -50,7 +51,7 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--inpainting", action=argparse.BooleanOptionalAction, default=None,
-        help="override the inpainting detection (single files)",
+        help="assert the file is (not) an inpainting model (single files; checked)",
     )  # fmt: skip
     parser.add_argument(
         "--ema", action="store_true", help="use a full checkpoint's EMA U-Net weights"
@@ -58,36 +59,35 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", default=None, help='diffusers weight variant, e.g. "fp16"')
 
 
-def load_options(args: argparse.Namespace):  # noqa: ANN201 - LoadOptions, imported lazily
-    from latentdiff.checkpoints.sources import LoadOptions
-
-    return LoadOptions(
-        tokenizer=Path(args.tokenizer) if args.tokenizer else None,
-        version=args.sd_version,
-        prediction_type=args.prediction_type,
-        inpainting=args.inpainting,
-        use_ema=args.ema,
-        variant=args.variant,
-    )
+def load_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `LoadOptions` fields the flags of `add_load_options` set."""
+    return {
+        "tokenizer": args.tokenizer,
+        "version": args.sd_version,
+        "prediction_type": args.prediction_type,
+        "inpainting": args.inpainting,
+        "use_ema": args.ema,
+        "variant": args.variant,
+    }
 
 
 def run_info(args: argparse.Namespace) -> None:
-    from latentdiff.checkpoints.sources import describe, read_model
+    from latentdiff.checkpoints.sources import LoadOptions, describe, read_model
 
-    for line in describe(read_model(args.path, load_options(args))):
+    for line in describe(read_model(args.path, LoadOptions(**load_options(args)))):
         print(line)
 
 
 def run_convert(args: argparse.Namespace) -> None:
     import torch
 
-    from latentdiff.checkpoints.sources import read_model, write_model
+    from latentdiff.checkpoints.sources import LoadOptions, read_model, write_model
 
     dtype = {"keep": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     output = Path(args.output)
     if output.exists() and (output.is_file() or any(output.iterdir())):
         raise UsageError(f"{output} exists; choose a new output path")
-    weights = read_model(args.input, load_options(args))
+    weights = read_model(args.input, LoadOptions(**load_options(args)))
     if weights.format == "latentdiff":
         raise UsageError(
             f"{args.input} is a latentdiff model folder; convert reads Stable Diffusion "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from pathlib import Path
 
@@ -79,10 +78,9 @@ def run_generate(args: argparse.Namespace) -> None:
 
     request.validate(1, tuple(SAMPLERS))
     paths = plan_paths(args, len(request.prompts))
-    options = dataclasses.asdict(load_options(args))
     if args.attention_slice is not None and args.attention_slice < 1:
         raise UsageError(f"--attention-slice must be at least 1, got {args.attention_slice}")
-    pipeline = load_pipeline(args.model, device=args.device, **options)
+    pipeline = load_pipeline(args.model, device=args.device, **load_options(args))
     pipeline.vae_tiling = args.vae_tiling
     if args.attention_slice:
         pipeline.enable_attention_slicing(args.attention_slice)

@@ -189,7 +189,7 @@ class SchedulerSettings:
         )
 
 
-_DIFFUSERS_BETA_SCHEDULES = {
+DIFFUSERS_BETA_SCHEDULES = {  # diffusers' name → ours
     "linear": "linear",
     "scaled_linear": "scaled_linear",
     "squaredcos_cap_v2": "cosine",
@@ -202,13 +202,13 @@ def diffusion_config_from_diffusers(config: dict[str, Any]) -> DiffusionConfig:
     prediction_type = config.get("prediction_type", "epsilon")
     if config.get("trained_betas") is not None or config.get("rescale_betas_zero_snr", False):
         raise UsageError("scheduler config: trained_betas / rescale_betas_zero_snr not supported")
-    if schedule not in _DIFFUSERS_BETA_SCHEDULES:
+    if schedule not in DIFFUSERS_BETA_SCHEDULES:
         raise UsageError(f"scheduler config: unsupported beta_schedule {schedule!r}")
     if prediction_type not in ("epsilon", "v_prediction"):
         raise UsageError(f"scheduler config: unsupported prediction_type {prediction_type!r}")
     return DiffusionConfig(
         num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
-        beta_schedule=_DIFFUSERS_BETA_SCHEDULES[schedule],  # type: ignore[arg-type]
+        beta_schedule=DIFFUSERS_BETA_SCHEDULES[schedule],  # type: ignore[arg-type]
         beta_start=float(config.get("beta_start", 0.0001)),
         beta_end=float(config.get("beta_end", 0.02)),
         prediction_type=prediction_type,

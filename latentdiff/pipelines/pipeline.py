@@ -150,8 +150,6 @@ def load_pipeline(
     """Load the bundled model by name (default "shapes"), a latentdiff or diffusers folder, or
     an original Stable Diffusion single file. `options` are `LoadOptions` fields, e.g.
     `tokenizer=` (a CLIP tokenizer folder, which a single file lacks) or `prediction_type=`."""
-    if "tokenizer" in options and options["tokenizer"] is not None:
-        options["tokenizer"] = Path(options["tokenizer"])
     components, scheduler = load_model(name_or_path, resolve_device(device), LoadOptions(**options))
     path = Path(name_or_path)
     return Pipeline(
