@@ -165,10 +165,18 @@ class DiffusionConfig:
     """β_T."""
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     """ε-prediction (SD 1.x, 2.x-base) or v-prediction (SD 2.x 768)."""
+    rescale_betas_zero_snr: bool = False
+    """Rescale the betas so that ᾱ_T = 0 (Lin et al. 2024, Algorithm 1): the last training step
+    is pure noise, so no trace of the image's mean survives into x_T for the model to read
+    back. Needs v-prediction (ε says nothing about x0 at zero SNR) and "trailing" sampling."""
 
     def __post_init__(self) -> None:
         _check(self.num_train_timesteps >= 2, "num_train_timesteps must be at least 2")
         _check(0 < self.beta_start < self.beta_end < 1, "need 0 < beta_start < beta_end < 1")
+        _check(
+            not self.rescale_betas_zero_snr or self.prediction_type == "v_prediction",
+            "rescale_betas_zero_snr needs prediction_type v_prediction",
+        )
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The exact recipe of the bundled shapes model (docs/MODEL.md). Every stage resumes from its
 # run folder, so re-running this script after an interruption continues where it stopped.
-# Usage: [UNET_STEPS=N] scripts/train_shapes.sh [RUNS_DIR]   (default /work/runs, outside the
-# work tree; UNET_STEPS defaults to 4000, the bundled weights; a larger N continues the run)
+# Usage: [V_STEPS=N] scripts/train_shapes.sh [RUNS_DIR]   (default /work/runs, outside the
+# work tree; V_STEPS is the length of the second U-Net stage, see below; a larger N continues it)
 set -euo pipefail
 runs="${1:-/work/runs}"
 mkdir -p "$runs"
@@ -14,9 +14,20 @@ ae_args=(--preset shapes --output-dir "$runs/ae" --batch-size 16 --lr 1e-3 --war
 latentdiff train autoencoder "${ae_args[@]}" --steps 750
 latentdiff train autoencoder "${ae_args[@]}" --steps 2000 --lr-schedule cosine
 
-latentdiff train unet --preset shapes --autoencoder "$runs/ae" --output-dir "$runs/unet" \
-  --cache-size 40000 --steps "${UNET_STEPS:-4000}" --batch-size 64 --lr 3e-4 --warmup 200 \
-  --ema-decay 0.998 --checkpoint-every 250 --no-progress
+# U-Net stage 1: ε-prediction on SD's schedule with min-SNR-5 weighting, 4,500 steps × 64.
+unet_args=(--preset shapes --autoencoder "$runs/ae" --cache-size 40000 --batch-size 64
+  --lr 3e-4 --ema-decay 0.998 --checkpoint-every 250 --no-progress)
+latentdiff train unet "${unet_args[@]}" --output-dir "$runs/unet" --steps 4500 --warmup 200
+
+# U-Net stage 2: from stage 1's EMA weights, v-prediction on the zero-terminal-SNR schedule
+# (plain v loss: min-SNR would weight t = T, where the background is decided, by 0). Stage 1
+# took the background (black/gray/white) from the mean of the starting noise, not from the
+# prompt; docs/MODEL.md has the measurements. Same latent cache, so it is copied, not rebuilt.
+mkdir -p "$runs/unet_v"
+cp -n "$runs/unet/latents.safetensors" "$runs/unet_v/"
+latentdiff train unet "${unet_args[@]}" --output-dir "$runs/unet_v" --steps "${V_STEPS:-2000}" \
+  --warmup 100 --prediction-type v_prediction --zero-terminal-snr --weighting none \
+  --init-from "$runs/unet/model"
 
 mkdir -p latentdiff/assets/shapes
-cp "$runs/unet/model/"{config.json,model.safetensors,tokenizer.json} latentdiff/assets/shapes/
+cp "$runs/unet_v/model/"{config.json,model.safetensors,tokenizer.json} latentdiff/assets/shapes/

@@ -398,7 +398,7 @@ def diffusers_scheduler_config(
         "skip_prk_steps": True,
         "clip_sample": False,
         "thresholding": False,
-        "rescale_betas_zero_snr": False,
+        "rescale_betas_zero_snr": diffusion.rescale_betas_zero_snr,
     }
     if settings.spacing is None:
         del data["timestep_spacing"]

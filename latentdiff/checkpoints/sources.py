@@ -32,7 +32,7 @@ from latentdiff.checkpoints.bundle import (
     take_prefix,
 )
 from latentdiff.config import ModelConfig, load_model_config
-from latentdiff.diffusion.schedules import SchedulerSettings
+from latentdiff.diffusion.schedules import SchedulerSettings, default_scheduler_settings
 from latentdiff.errors import UsageError
 from latentdiff.models.tokenizer import PromptTokenizer, Tokenizer
 from latentdiff.training.checkpoint import load_module_state, load_weights
@@ -203,7 +203,8 @@ def _read_latentdiff(folder: Path, options: LoadOptions) -> ModelWeights:
             f"{folder / WEIGHTS_FILE}: unexpected key {strays[0]} ({len(strays)} unexpected)"
         )
     states = {name: take_prefix(state, name + ".") for name in COMPONENTS}
-    return ModelWeights(config, states, SchedulerSettings(), tokenizer, "latentdiff", folder)
+    scheduler = default_scheduler_settings(config.diffusion)
+    return ModelWeights(config, states, scheduler, tokenizer, "latentdiff", folder)
 
 
 def _read_diffusers(folder: Path, options: LoadOptions) -> ModelWeights:

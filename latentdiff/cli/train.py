@@ -44,6 +44,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     unet.add_argument(
         "--weighting", default="min_snr", choices=("none", "min_snr"), help="loss weighting"
     )
+    unet.add_argument(
+        "--prediction-type",
+        choices=("epsilon", "v_prediction"),
+        help="what the U-Net predicts (default: the preset's)",
+    )
+    unet.add_argument(
+        "--zero-terminal-snr",
+        action="store_true",
+        help="rescale the noise schedule to pure noise at t = T (Lin et al. 2024); needs "
+        "--prediction-type v_prediction, and samples with trailing timesteps",
+    )
+    unet.add_argument(
+        "--init-from",
+        metavar="MODEL",
+        help="start a new run from this model folder's U-Net (and jointly trained text "
+        "encoder) weights, e.g. to fine-tune with another objective; ignored when resuming",
+    )
     unet.set_defaults(func=run_train_unet)
 
 
@@ -205,6 +222,7 @@ def run_train_unet(args: argparse.Namespace) -> None:
     from latentdiff.devices import resolve_device
     from latentdiff.models.tokenizer import Tokenizer, build_world_tokenizer
     from latentdiff.models.unet import UNet
+    from latentdiff.training.checkpoint import load_module_state
     from latentdiff.training.trainer import Trainer
     from latentdiff.training.unet import (
         DiffusionObjective,
@@ -220,7 +238,8 @@ def run_train_unet(args: argparse.Namespace) -> None:
         raise UsageError(f"--cache-size must be at least 1, got {args.cache_size}")
     if not 0 <= args.cond_drop <= 1:
         raise UsageError(f"--cond-drop must be a probability, got {args.cond_drop}")
-    model_config = preset(args.preset)
+    model_config = with_objective(preset(args.preset), args)
+    init = read_init_model(args.init_from, model_config) if args.init_from else None
     autoencoder = load_trained_autoencoder(Path(args.autoencoder))
     if autoencoder.config.latent_channels != model_config.unet.in_channels:
         raise UsageError(
@@ -233,6 +252,8 @@ def run_train_unet(args: argparse.Namespace) -> None:
     tokenizer_path = output / "tokenizer.json"
     if clip_tokenizer is not None:  # a frozen tower keeps the tokenizer it learned with
         clip_tokenizer.save(tokenizer_path)
+    elif init is not None and not tokenizer_path.exists():  # the ids its weights learned
+        init.tokenizer.save(tokenizer_path)
     elif not tokenizer_path.exists():
         build_world_tokenizer(vocab_size=model_config.text_encoder.vocab_size).save(tokenizer_path)
     tokenizer = Tokenizer.load(tokenizer_path)
@@ -256,6 +277,10 @@ def run_train_unet(args: argparse.Namespace) -> None:
         cache.save(cache_path, provenance)
     cache = LatentCache.load(cache_path, expected=provenance)
     model = LatentDiffusionModel(UNet(model_config.unet), text_encoder, train_text_encoder=joint)
+    if init is not None:  # a resumed run's checkpoint replaces these in the Trainer
+        load_module_state(model.unet, init.states["unet"], args.init_from)
+        if joint:
+            load_module_state(model.text_encoder, init.states["text_encoder"], args.init_from)
     empty_ids = tokenizer.encode([""], model_config.text_encoder.context_length)
     objective = DiffusionObjective(
         model_config.diffusion, empty_ids, args.cond_drop, weighting=args.weighting
@@ -277,6 +302,37 @@ def run_train_unet(args: argparse.Namespace) -> None:
             f"unet: step {summary.step}, loss {summary.final_loss}, "
             f"{summary.samples_per_s:.1f} samples/s; model in {output / 'model'}"
         )
+
+
+def with_objective(model_config, args: argparse.Namespace):
+    """The preset with --prediction-type / --zero-terminal-snr applied."""
+    from latentdiff.config import DiffusionConfig
+
+    diffusion = model_config.diffusion
+    try:
+        diffusion = DiffusionConfig(
+            **{
+                **dataclasses.asdict(diffusion),
+                "prediction_type": args.prediction_type or diffusion.prediction_type,
+                "rescale_betas_zero_snr": args.zero_terminal_snr
+                or diffusion.rescale_betas_zero_snr,
+            }
+        )
+    except ValueError as error:
+        raise UsageError(f"--zero-terminal-snr: {error}") from None
+    return dataclasses.replace(model_config, diffusion=diffusion)
+
+
+def read_init_model(path: str, model_config):
+    """The weights of the model folder `--init-from` names, if its U-Net is the preset's."""
+    from latentdiff.checkpoints.sources import read_model
+
+    weights = read_model(path)
+    if weights.format != "latentdiff":
+        raise UsageError(f"--init-from {path}: not a latentdiff model folder")
+    if weights.config.unet != model_config.unet:
+        raise UsageError(f"--init-from {path}: its U-Net config differs from the preset's")
+    return weights
 
 
 def load_text_encoder(choice: str, model_config):

@@ -64,12 +64,29 @@ _BETA_SCHEDULES = {
 
 
 def get_betas(config: DiffusionConfig) -> Tensor:
-    """β_t for t = 0 … T−1, float64."""
-    return _BETA_SCHEDULES[config.beta_schedule](config)
+    """β_t for t = 0 … T−1, float64 (rescaled to zero terminal SNR if the config says so)."""
+    betas = _BETA_SCHEDULES[config.beta_schedule](config)
+    return rescale_zero_terminal_snr(betas) if config.rescale_betas_zero_snr else betas
+
+
+def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
+    """Lin et al. 2024, Algorithm 1: shift and scale √ᾱ_t so that √ᾱ_0 is kept and √ᾱ_T = 0.
+
+    Stable Diffusion's schedule ends at ᾱ_T = 0.0047: x_T keeps 7 % of the image, enough for a
+    model to read the image's mean (brightness, background) from the noise in training — and
+    at sampling, where x_T is pure noise, to take it from the noise's random mean instead.
+    """
+    sqrt_alpha_bar = torch.cumprod(1 - betas, dim=0).sqrt()
+    first, last = sqrt_alpha_bar[0].clone(), sqrt_alpha_bar[-1].clone()
+    sqrt_alpha_bar = (sqrt_alpha_bar - last) * first / (first - last)
+    alpha_bar = sqrt_alpha_bar**2
+    alphas = torch.cat([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
+    return 1 - alphas
 
 
 def get_alphas_cumprod(config: DiffusionConfig) -> Tensor:
-    """ᾱ_t = ∏_{s ≤ t} (1 − β_s), float64, decreasing in (0, 1)."""
+    """ᾱ_t = ∏_{s ≤ t} (1 − β_s), float64, decreasing in (0, 1) — or to exactly 0 at t = T−1
+    with `rescale_betas_zero_snr`."""
     return torch.cumprod(1 - get_betas(config), dim=0)
 
 
@@ -78,9 +95,14 @@ def sigmas_from_alphas_cumprod(alphas_cumprod: Tensor) -> Tensor:
     return ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
 
 
+# ᾱ_T = 0 means σ_T = ∞; samplers start at ᾱ_T = 2⁻²⁴ (σ_T = 4096) instead, as diffusers' do.
+# The U-Net input c_in·x is then the noise to within 2⁻²⁴, and every σ stays finite.
+ZERO_SNR_ALPHA_BAR = 2.0**-24
+
+
 def get_training_sigmas(config: DiffusionConfig) -> Tensor:
-    """σ_t for every training timestep t = 0 … T−1 (increasing), float64."""
-    return sigmas_from_alphas_cumprod(get_alphas_cumprod(config))
+    """σ_t for every training timestep t = 0 … T−1 (increasing, finite), float64."""
+    return sigmas_from_alphas_cumprod(get_alphas_cumprod(config).clamp(min=ZERO_SNR_ALPHA_BAR))
 
 
 def get_timesteps(
@@ -189,6 +211,15 @@ class SchedulerSettings:
         )
 
 
+def default_scheduler_settings(config: DiffusionConfig) -> SchedulerSettings:
+    """How a model that ships no scheduler config samples: as SD v1 (`SchedulerSettings()`),
+    except that a zero-terminal-SNR model starts at t = T−1 ("trailing", Lin et al. 2024 §3.3):
+    with "leading" its first step would be t ≈ T − T/n, a noise level it never starts from."""
+    if config.rescale_betas_zero_snr:
+        return SchedulerSettings(spacing="trailing", steps_offset=0)
+    return SchedulerSettings()
+
+
 DIFFUSERS_BETA_SCHEDULES = {  # diffusers' name → ours
     "linear": "linear",
     "scaled_linear": "scaled_linear",
@@ -200,8 +231,8 @@ def diffusion_config_from_diffusers(config: dict[str, Any]) -> DiffusionConfig:
     """The forward process described by a diffusers scheduler config dict."""
     schedule = config.get("beta_schedule", "linear")
     prediction_type = config.get("prediction_type", "epsilon")
-    if config.get("trained_betas") is not None or config.get("rescale_betas_zero_snr", False):
-        raise UsageError("scheduler config: trained_betas / rescale_betas_zero_snr not supported")
+    if config.get("trained_betas") is not None:
+        raise UsageError("scheduler config: trained_betas not supported")
     if schedule not in DIFFUSERS_BETA_SCHEDULES:
         raise UsageError(f"scheduler config: unsupported beta_schedule {schedule!r}")
     if prediction_type not in ("epsilon", "v_prediction"):
@@ -212,4 +243,5 @@ def diffusion_config_from_diffusers(config: dict[str, Any]) -> DiffusionConfig:
         beta_start=float(config.get("beta_start", 0.0001)),
         beta_end=float(config.get("beta_end", 0.02)),
         prediction_type=prediction_type,
+        rescale_betas_zero_snr=bool(config.get("rescale_betas_zero_snr", False)),
     )

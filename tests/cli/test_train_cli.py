@@ -139,6 +139,9 @@ def broken_autoencoder(autoencoder_run: AutoencoderRun, tmp_path: Path) -> Path:
         (["unet", "--autoencoder", "{good}", "--cache-size", "0"], "--cache-size must be"),
         (["unet", "--autoencoder", "{good}", "--cond-drop", "5"], "--cond-drop must be"),
         (["unet", "--autoencoder", "{good}", "--text-encoder", "{tmp}/no-clip"], "no-clip"),
+        (["unet", "--autoencoder", "{good}", "--zero-terminal-snr"], "needs prediction_type v"),
+        (["unet", "--autoencoder", "{good}", "--init-from", "{tmp}/nothing"], "nothing"),
+        (["unet", "--autoencoder", "{good}", "--init-from", "{good}"], "model folder"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(
@@ -162,6 +165,30 @@ def test_bad_input_is_one_line_exit_2(
     assert not (tmp_path / "run" / "loss.jsonl").exists()
     if args[0] == "unet":  # checked before the run folder is made
         assert not (tmp_path / "run").exists()
+
+
+def test_init_from_fine_tunes_a_model_with_a_zero_terminal_snr_v_objective(
+    autoencoder_run: AutoencoderRun, unet_run: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "v_run"
+    status, _ = train(
+        "unet", *COMMON, "--autoencoder", str(autoencoder_run.folder), "--cache-size", "32",
+        "--steps", "1", "--lr", "1e-30", "--warmup", "0", "--ema-decay", "0",
+        "--prediction-type", "v_prediction", "--zero-terminal-snr",
+        "--init-from", str(unet_run / "model"), "--output-dir", str(folder),
+    )  # fmt: skip
+    assert status == 0
+    start, _ = load_weights(unet_run / "model" / "model.safetensors")
+    tuned, _ = load_weights(folder / "model" / "model.safetensors")
+    # One step at a vanishing learning rate: the run began from the given weights.
+    for key in [k for k in start if k.startswith(("unet.", "text_encoder."))]:
+        torch.testing.assert_close(tuned[key], start[key], rtol=0, atol=1e-3, msg=key)
+    pipe = load_pipeline(folder / "model", device="cpu")
+    diffusion = pipe.components.config.diffusion
+    assert (diffusion.prediction_type, diffusion.rescale_betas_zero_snr) == ("v_prediction", True)
+    assert pipe.scheduler.spacing == "trailing"
+    (image,) = pipe("a red circle", num_inference_steps=2, seed=0)
+    assert np.isfinite(np.array(image, dtype=float)).all()
 
 
 def test_resume_refuses_a_cache_built_from_other_flags(

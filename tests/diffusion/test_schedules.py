@@ -159,6 +159,20 @@ def test_sd15_scheduler_config_samples_as_diffusers_from_config():
         )
 
 
+def test_zero_terminal_snr_rescale_equals_diffusers_and_keeps_sigmas_finite():
+    config = DiffusionConfig(prediction_type="v_prediction", rescale_betas_zero_snr=True)
+    alphas_cumprod = get_alphas_cumprod(config)
+    reference = diffusers.DDIMScheduler(
+        beta_schedule="scaled_linear", **SD_BETAS, rescale_betas_zero_snr=True
+    )
+    torch.testing.assert_close(alphas_cumprod.float(), reference.alphas_cumprod, rtol=0, atol=1e-6)
+    assert alphas_cumprod[-1] == 0 and alphas_cumprod[0] == get_alphas_cumprod(DiffusionConfig())[0]
+    sigmas = get_training_sigmas(config)
+    assert sigmas[-1].item() == pytest.approx(4096) and torch.isfinite(sigmas).all()
+    with pytest.raises(ValueError, match="v_prediction"):
+        DiffusionConfig(rescale_betas_zero_snr=True)
+
+
 def test_unsupported_scheduler_configs_are_usage_errors():
     with pytest.raises(UsageError, match="beta_schedule"):
         diffusion_config_from_diffusers({"beta_schedule": "sigmoid"})
