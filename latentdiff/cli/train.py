@@ -223,12 +223,12 @@ def run_train_unet(args: argparse.Namespace) -> None:
     from latentdiff.models.tokenizer import Tokenizer, build_world_tokenizer
     from latentdiff.models.unet import UNet
     from latentdiff.training.checkpoint import load_module_state
+    from latentdiff.training.distributed import barrier, init_distributed
     from latentdiff.training.trainer import Trainer
     from latentdiff.training.unet import (
         DiffusionObjective,
         LatentCache,
         LatentDiffusionModel,
-        build_latent_cache,
         export_bundle,
     )
 
@@ -248,33 +248,29 @@ def run_train_unet(args: argparse.Namespace) -> None:
         )
     text_encoder, joint, clip_tokenizer = load_text_encoder(args.text_encoder, model_config)
     output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
     tokenizer_path = output / "tokenizer.json"
-    if clip_tokenizer is not None:  # a frozen tower keeps the tokenizer it learned with
-        clip_tokenizer.save(tokenizer_path)
-    elif init is not None and not tokenizer_path.exists():  # the ids its weights learned
-        init.tokenizer.save(tokenizer_path)
-    elif not tokenizer_path.exists():
-        build_world_tokenizer(vocab_size=model_config.text_encoder.vocab_size).save(tokenizer_path)
-    tokenizer = Tokenizer.load(tokenizer_path)
+    cache_path = output / "latents.safetensors"
     provenance = {
         "autoencoder": str(Path(args.autoencoder).resolve()),
         "num_samples": args.cache_size,
         "size": model_config.sample_size,
         "seed": config.seed,
     }
-    cache_path = output / "latents.safetensors"
-    if not cache_path.exists():
-        cache = build_latent_cache(
-            autoencoder.to(resolve_device(args.device)),
-            tokenizer,
-            num_samples=args.cache_size,
-            size=model_config.sample_size,
-            context_length=model_config.text_encoder.context_length,
-            seed=config.seed,
-            progress=not args.no_progress,
-        )
-        cache.save(cache_path, provenance)
+    # Under torchrun, rank 0 alone writes the tokenizer and encodes the cache; the others wait.
+    context, device = init_distributed(resolve_device(args.device))
+    if context.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        if clip_tokenizer is not None:  # a frozen tower keeps the tokenizer it learned with
+            clip_tokenizer.save(tokenizer_path)
+        elif init is not None and not tokenizer_path.exists():  # the ids its weights learned
+            init.tokenizer.save(tokenizer_path)
+        elif not tokenizer_path.exists():
+            vocab_size = model_config.text_encoder.vocab_size
+            build_world_tokenizer(vocab_size=vocab_size).save(tokenizer_path)
+        if not cache_path.exists():
+            encode_latent_cache(args, model_config, autoencoder.to(device), provenance)
+    barrier(context)
+    tokenizer = Tokenizer.load(tokenizer_path)
     cache = LatentCache.load(cache_path, expected=provenance)
     model = LatentDiffusionModel(UNet(model_config.unet), text_encoder, train_text_encoder=joint)
     if init is not None:  # a resumed run's checkpoint replaces these in the Trainer
@@ -302,6 +298,28 @@ def run_train_unet(args: argparse.Namespace) -> None:
             f"unet: step {summary.step}, loss {summary.final_loss}, "
             f"{summary.samples_per_s:.1f} samples/s; model in {output / 'model'}"
         )
+
+
+def encode_latent_cache(args: argparse.Namespace, model_config, autoencoder, provenance) -> None:
+    """Render and encode the run's latent cache once, into its `latents.safetensors`."""
+    import time
+
+    from latentdiff.models.tokenizer import Tokenizer
+    from latentdiff.training.unet import build_latent_cache
+
+    output = Path(args.output_dir)
+    start = time.perf_counter()
+    cache = build_latent_cache(
+        autoencoder,
+        Tokenizer.load(output / "tokenizer.json"),
+        num_samples=args.cache_size,
+        size=model_config.sample_size,
+        context_length=model_config.text_encoder.context_length,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    cache.save(output / "latents.safetensors", provenance)
+    print(f"latent cache: {args.cache_size} scenes in {time.perf_counter() - start:.0f} s")
 
 
 def with_objective(model_config, args: argparse.Namespace):

@@ -95,6 +95,28 @@ def _score_single(spec: PromptSpec, detection: Detection) -> dict[str, bool]:
     return results
 
 
+SINGLE_CRITERIA: tuple[str, ...] = ("count", "color", "shape", "size", "background")
+
+
+def single_failures(spec: PromptSpec, detection: Detection) -> set[str]:
+    """Which of a single-object prompt's criteria the image misses (empty: `single` passes).
+
+    "count": not exactly one object; "color"/"shape"/"size": no detected object has the named
+    one (size only when named); "background": not the named one (only when named). Tells apart
+    the ways a model fails, e.g. a model that ignores "on a black background".
+    """
+    named, objects = spec.objects[0], detection.objects
+    failures = set() if len(objects) == 1 else {"count"}
+    for criterion, wanted in (("color", named.color), ("shape", named.shape)):
+        if not any(getattr(o, criterion) == wanted for o in objects):
+            failures.add(criterion)
+    if named.size is not None and not any(o.size == named.size for o in objects):
+        failures.add("size")
+    if spec.background not in (None, detection.background):
+        failures.add("background")
+    return failures
+
+
 def _score_two_objects(spec: PromptSpec, objects: tuple[DetectedObject, ...]) -> dict[str, bool]:
     first, second = spec.objects
     shapes_match = sorted(o.shape for o in objects) == sorted((first.shape, second.shape))

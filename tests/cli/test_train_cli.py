@@ -1,7 +1,10 @@
 import contextlib
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,6 +192,26 @@ def test_init_from_fine_tunes_a_model_with_a_zero_terminal_snr_v_objective(
     assert pipe.scheduler.spacing == "trailing"
     (image,) = pipe("a red circle", num_inference_steps=2, seed=0)
     assert np.isfinite(np.array(image, dtype=float)).all()
+
+
+def test_torchrun_encodes_the_latent_cache_once(
+    autoencoder_run: AutoencoderRun, unet_run: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "ddp_run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node=2", "-m", "latentdiff", "train", "unet", *COMMON]
+    command += ["--autoencoder", str(autoencoder_run.folder), "--cache-size", "32"]
+    command += ["--steps", "2", "--output-dir", str(folder)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("latent cache: 32 scenes") == 1, done.stdout
+    # The same flags make the same cache as the single-process run's.
+    ddp_cache = LatentCache.load(folder / "latents.safetensors")
+    assert torch.equal(
+        ddp_cache.latents, LatentCache.load(unet_run / "latents.safetensors").latents
+    )
+    assert [r["step"] for r in loss_records(folder)] == [2]
 
 
 def test_resume_refuses_a_cache_built_from_other_flags(

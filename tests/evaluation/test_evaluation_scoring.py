@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from latentdiff.evaluation.detector import DetectedObject, Detection
-from latentdiff.evaluation.scoring import CATEGORIES, score, score_image, tally
+from latentdiff.evaluation.scoring import CATEGORIES, score, score_image, single_failures, tally
 from latentdiff.world.captions import parse_caption
 from latentdiff.world.render import render_scene
 from latentdiff.world.scenes import Scene, SceneObject
@@ -27,18 +27,38 @@ def test_single_prompt_passes_and_counts_only_in_its_categories():
 
 
 @pytest.mark.parametrize(
-    ("prompt", "objects", "background"),
+    ("prompt", "objects", "background", "failures"),
     [
-        ("a red circle", [obj("blue", "circle", 30, 30)], "gray"),  # wrong colour
-        ("a red circle", [obj("red", "square", 30, 30)], "gray"),  # wrong shape
-        ("a red circle", [obj("red", "circle", 30, 30), obj("blue", "square", 50, 50)], "gray"),
-        ("a red circle", [], "gray"),  # nothing there
-        ("a large red circle", [obj("red", "circle", 30, 30, "small")], "gray"),  # wrong size
-        ("a red circle on a white background", [obj("red", "circle", 30, 30)], "black"),
+        ("a red circle", [obj("blue", "circle", 30, 30)], "gray", {"color"}),
+        ("a red circle", [obj("red", "square", 30, 30)], "gray", {"shape"}),
+        (
+            "a red circle",
+            [obj("red", "circle", 30, 30), obj("blue", "square", 50, 50)],
+            "gray",
+            {"count"},
+        ),
+        ("a red circle", [], "gray", {"count", "color", "shape"}),  # nothing there
+        ("a large red circle", [obj("red", "circle", 30, 30, "small")], "gray", {"size"}),
+        (
+            "a large red circle on a white background",
+            [obj("blue", "circle", 30, 30, "small")],
+            "black",
+            {"color", "size", "background"},
+        ),
     ],
 )
-def test_single_fails(prompt, objects, background):
+def test_single_fails(prompt, objects, background, failures):
     assert scored(prompt, *objects, background=background)["single"] is False
+    detection = Detection(background, tuple(objects))
+    assert single_failures(parse_caption(prompt), detection) == failures
+
+
+def test_a_passing_single_prompt_has_no_failures():
+    detection = Detection("white", (obj("red", "circle", 30, 30, "large"),))
+    assert (
+        single_failures(parse_caption("a large red circle on a white background"), detection)
+        == set()
+    )
 
 
 @pytest.mark.parametrize(
