@@ -30,6 +30,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default="shapes")
     parser.add_argument("--snapshots", default=None, help="folder of step_N model folders")
     parser.add_argument("--samples-per-step", type=int, default=64, help="for snapshot sweeps")
+    parser.add_argument(
+        "--samples-offset",
+        type=int,
+        default=0,
+        help="samples seen before the run's step 0 (a run started with --init-from)",
+    )
+    parser.add_argument("--label", default=None, help="the run's name in the plot legend")
     parser.add_argument("--samplers", default="dpmpp_2m")
     parser.add_argument("--steps", default="20")
     parser.add_argument("--guidance", default="5")
@@ -74,7 +81,10 @@ def main() -> None:
             row = {
                 "model": model,
                 "train_step": step,
-                "samples_seen": None if step is None else step * args.samples_per_step,
+                "samples_seen": None
+                if step is None
+                else args.samples_offset + step * args.samples_per_step,
+                "label": args.label,
                 "sampler": sampler,
                 "steps": steps,
                 "guidance_scale": guidance,
@@ -98,14 +108,16 @@ def plot(results: Path, png: Path, *, snapshots: bool) -> None:
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     x_key = "samples_seen" if snapshots else "steps"
     fig, ax = plt.subplots(figsize=(6, 4))
-    groups = sorted({(r["sampler"], r["guidance_scale"]) for r in rows})
-    for sampler, guidance in groups:
+
+    def group(row: dict) -> tuple[str, str, float]:
+        return row.get("label") or "", row["sampler"], row["guidance_scale"]
+
+    for label, sampler, guidance in sorted({group(r) for r in rows}):
         line = sorted(
-            (r[x_key], r["overall"])
-            for r in rows
-            if (r["sampler"], r["guidance_scale"]) == (sampler, guidance)
+            (r[x_key], r["overall"]) for r in rows if group(r) == (label, sampler, guidance)
         )
-        ax.plot(*zip(*line, strict=True), marker="o", label=f"{sampler}, CFG {guidance:g}")
+        name = f"{label}: " if label else ""
+        ax.plot(*zip(*line, strict=True), marker="o", label=f"{name}{sampler}, CFG {guidance:g}")
     ax.set_xlabel("training samples seen" if snapshots else "sampling steps")
     ax.set_ylabel("adherence (overall)")
     ax.set_ylim(0, 1)

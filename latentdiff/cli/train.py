@@ -324,20 +324,18 @@ def encode_latent_cache(args: argparse.Namespace, model_config, autoencoder, pro
 
 def with_objective(model_config, args: argparse.Namespace):
     """The preset with --prediction-type / --zero-terminal-snr applied."""
-    from latentdiff.config import DiffusionConfig
-
     diffusion = model_config.diffusion
     try:
-        diffusion = DiffusionConfig(
-            **{
-                **dataclasses.asdict(diffusion),
-                "prediction_type": args.prediction_type or diffusion.prediction_type,
-                "rescale_betas_zero_snr": args.zero_terminal_snr
-                or diffusion.rescale_betas_zero_snr,
-            }
+        diffusion = dataclasses.replace(
+            diffusion,
+            prediction_type=args.prediction_type or diffusion.prediction_type,
+            rescale_betas_zero_snr=args.zero_terminal_snr or diffusion.rescale_betas_zero_snr,
         )
     except ValueError as error:
         raise UsageError(f"--zero-terminal-snr: {error}") from None
+    if diffusion.rescale_betas_zero_snr and args.weighting == "min_snr":
+        # min(SNR, γ)/(SNR + 1) is 0 at SNR = 0: t = T, the step zero SNR exists for, unlearned.
+        raise UsageError("--zero-terminal-snr: min-SNR weights t = T by 0; add --weighting none")
     return dataclasses.replace(model_config, diffusion=diffusion)
 
 

@@ -143,6 +143,17 @@ def broken_autoencoder(autoencoder_run: AutoencoderRun, tmp_path: Path) -> Path:
         (["unet", "--autoencoder", "{good}", "--cond-drop", "5"], "--cond-drop must be"),
         (["unet", "--autoencoder", "{good}", "--text-encoder", "{tmp}/no-clip"], "no-clip"),
         (["unet", "--autoencoder", "{good}", "--zero-terminal-snr"], "needs prediction_type v"),
+        (
+            [
+                "unet",
+                "--autoencoder",
+                "{good}",
+                "--zero-terminal-snr",
+                "--prediction-type",
+                "v_prediction",
+            ],
+            "add --weighting none",
+        ),
         (["unet", "--autoencoder", "{good}", "--init-from", "{tmp}/nothing"], "nothing"),
         (["unet", "--autoencoder", "{good}", "--init-from", "{good}"], "model folder"),
     ],
@@ -177,7 +188,7 @@ def test_init_from_fine_tunes_a_model_with_a_zero_terminal_snr_v_objective(
     status, _ = train(
         "unet", *COMMON, "--autoencoder", str(autoencoder_run.folder), "--cache-size", "32",
         "--steps", "1", "--lr", "1e-30", "--warmup", "0", "--ema-decay", "0",
-        "--prediction-type", "v_prediction", "--zero-terminal-snr",
+        "--prediction-type", "v_prediction", "--zero-terminal-snr", "--weighting", "none",
         "--init-from", str(unet_run / "model"), "--output-dir", str(folder),
     )  # fmt: skip
     assert status == 0
