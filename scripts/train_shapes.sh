@@ -14,6 +14,11 @@ ae_args=(--preset shapes --output-dir "$runs/ae" --batch-size 16 --lr 1e-3 --war
 latentdiff train autoencoder "${ae_args[@]}" --steps 750
 latentdiff train autoencoder "${ae_args[@]}" --steps 2000 --lr-schedule cosine
 
+# CLIP (text tower + ViT, contrastive on fresh renders): the CLIP-score model, and the frozen
+# text tower of the comparison run in docs/MODEL.md. 800 steps × 256, cosine from 5e-4.
+latentdiff train clip --output-dir "$runs/clip" --steps 800 --batch-size 256 --lr 5e-4 \
+  --warmup 50 --lr-schedule cosine --checkpoint-every 100 --no-progress
+
 # U-Net stage 1: ε-prediction on SD's schedule with min-SNR-5 weighting, 4,500 steps × 64.
 unet_args=(--preset shapes --autoencoder "$runs/ae" --cache-size 40000 --batch-size 64
   --lr 3e-4 --ema-decay 0.998 --checkpoint-every 250 --no-progress)
@@ -29,5 +34,6 @@ latentdiff train unet "${unet_args[@]}" --output-dir "$runs/unet_v" --steps "${V
   --warmup 100 --prediction-type v_prediction --zero-terminal-snr --weighting none \
   --init-from "$runs/unet/model"
 
-mkdir -p latentdiff/assets/shapes
+mkdir -p latentdiff/assets/shapes latentdiff/assets/clip
 cp "$runs/unet_v/model/"{config.json,model.safetensors,tokenizer.json} latentdiff/assets/shapes/
+cp "$runs/clip/"{clip.safetensors,clip_config.json,tokenizer.json} latentdiff/assets/clip/

@@ -3,8 +3,15 @@
 import numpy as np
 
 import latentdiff
-from latentdiff.checkpoints.bundle import BUNDLED_MODELS, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+from latentdiff.checkpoints.bundle import (
+    BUNDLED_CLIP,
+    BUNDLED_MODELS,
+    CONFIG_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+)
 from latentdiff.config import ModelConfig, load_model_config, shapes_config
+from latentdiff.training.clip import evaluate_clip, load_clip
 
 
 def test_the_bundle_is_complete_small_and_of_the_shapes_architecture() -> None:
@@ -31,3 +38,10 @@ def test_default_pipeline_generates_reproducible_64px_images() -> None:
     assert first.size == (64, 64)
     assert np.array_equal(np.asarray(first), np.asarray(again))
     assert not np.array_equal(np.asarray(first), np.asarray(other))
+
+
+def test_the_bundled_clip_ranks_the_right_caption_first_far_above_chance() -> None:
+    model, tokenizer = load_clip(BUNDLED_CLIP)
+    metrics = evaluate_clip(model, tokenizer, n=128, seed=1)  # ~110 candidate captions
+    assert metrics["image_to_text_top1"] > 0.15  # chance ≈ 0.01
+    assert metrics["clip_score_matched"] > metrics["clip_score_shuffled"] + 40

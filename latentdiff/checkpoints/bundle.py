@@ -29,6 +29,7 @@ WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_MODELS = {"shapes": ASSETS / "shapes"}
+BUNDLED_CLIP = ASSETS / "clip"  # the Shapes World CLIP (`training.clip.load_clip` reads it)
 
 
 @dataclass
