@@ -40,6 +40,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--samplers", default="dpmpp_2m")
     parser.add_argument("--steps", default="20")
     parser.add_argument("--guidance", default="5")
+    parser.add_argument("--guidance-rescale", type=float, default=0.0, help="φ of CFG rescaling")
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", required=True, help="JSON-lines results (appended)")
@@ -73,6 +74,7 @@ def main() -> None:
                 prompt=prompts[0],
                 num_inference_steps=steps,
                 guidance_scale=guidance,
+                guidance_rescale=args.guidance_rescale,
                 sampler=sampler,
                 seed=0,
             )
@@ -88,6 +90,7 @@ def main() -> None:
                 "sampler": sampler,
                 "steps": steps,
                 "guidance_scale": guidance,
+                "guidance_rescale": args.guidance_rescale,
                 "prompts": len(prompts),
                 **{k: None if v is None else round(v, 4) for k, v in report.to_dict().items()},
                 "seconds": round(time.perf_counter() - start, 1),

@@ -67,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--schedule", default="default", help="default or karras")
     model.add_argument("--steps", type=int, default=20, help="sampling steps")
     model.add_argument("--guidance-scale", type=float, default=5.0, help="CFG scale")
+    model.add_argument("--guidance-rescale", type=float, default=0.0, help="φ of CFG rescaling")
     model.add_argument("--seed", type=int, default=0, help="image k uses seed+k")
     model.add_argument("--limit", type=int, default=None, help="score only the first N prompts")
     model.add_argument("--prompts", default=None, metavar="FILE", help="instead of the suite")
@@ -118,6 +119,7 @@ def run_model(args: argparse.Namespace) -> None:
         prompt=prompts[0],
         num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale,
+        guidance_rescale=args.guidance_rescale,
         sampler=args.sampler,
         schedule=args.schedule,
         seed=args.seed,

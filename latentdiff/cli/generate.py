@@ -34,6 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--guidance-scale", type=float, default=5.0, help="classifier-free guidance"
     )
     parser.add_argument(
+        "--guidance-rescale",
+        type=float,
+        default=0.0,
+        help="φ in [0, 1]: pull the guided output's std to the conditional one's (Lin et al.)",
+    )
+    parser.add_argument(
         "--seed", type=int, default=None, help="image k uses seed+k (default: random)"
     )
     parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
@@ -63,6 +69,7 @@ def run_generate(args: argparse.Namespace) -> None:
         negative_prompt=args.negative_prompt,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale,
+        guidance_rescale=args.guidance_rescale,
         sampler=args.sampler,
         schedule=args.schedule,
         seed=args.seed,

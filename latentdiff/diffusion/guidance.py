@@ -7,6 +7,8 @@ same coefficients, and uncond + s·(cond − uncond) passes through it unchanged
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -14,20 +16,46 @@ from latentdiff.diffusion.denoisers import ConditionalDenoiseFn, DenoiseFn
 
 
 def cfg_denoiser(
-    denoiser: ConditionalDenoiseFn, cond: Tensor, uncond: Tensor, guidance_scale: float
+    denoiser: ConditionalDenoiseFn,
+    cond: Tensor,
+    uncond: Tensor,
+    guidance_scale: float,
+    *,
+    guidance_rescale: float = 0.0,
+    c_skip: Callable[[Tensor], Tensor] | None = None,
 ) -> DenoiseFn:
     """D'(x, σ) = D(x, σ, uncond) + s · (D(x, σ, cond) − D(x, σ, uncond)), in one batch.
 
     At s = 1 this is D(x, σ, cond), so the unconditional half is not computed at all.
+    `guidance_rescale` φ > 0 rescales the guided U-Net output towards the conditional one's
+    standard deviation (Lin et al. 2024, §3.4; diffusers' `guidance_rescale`); it needs the
+    denoiser's `c_skip(σ)`, since the U-Net output is D − c_skip·x up to a per-sample factor.
     """
     if guidance_scale == 1:
         return lambda x, sigma: denoiser(x, sigma, cond)
+    if guidance_rescale and c_skip is None:
+        raise ValueError("guidance_rescale needs the denoiser's c_skip")
 
     context = torch.cat([uncond, cond])
 
     def guided(x: Tensor, sigma: Tensor) -> Tensor:
         denoised = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), context)
         denoised_uncond, denoised_cond = denoised.chunk(2)
-        return denoised_uncond + guidance_scale * (denoised_cond - denoised_uncond)
+        result = denoised_uncond + guidance_scale * (denoised_cond - denoised_uncond)
+        if guidance_rescale:
+            skip = c_skip(sigma).to(x.dtype)[:, None, None, None] * x
+            result = skip + rescale_guided(result - skip, denoised_cond - skip, guidance_rescale)
+        return result
 
     return guided
+
+
+def rescale_guided(guided: Tensor, cond: Tensor, phi: float) -> Tensor:
+    """Lin et al. 2024, eq. 15–16: guided · (φ · std(cond)/std(guided) + 1 − φ), per sample.
+
+    Large guidance inflates the output's std, which at zero terminal SNR over-exposes images;
+    matching the conditional output's std undoes that, φ blends with the plain guided output.
+    """
+    dims = list(range(1, guided.ndim))
+    ratio = cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+    return guided * (phi * ratio + 1 - phi)

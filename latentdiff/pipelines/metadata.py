@@ -37,6 +37,11 @@ def format_parameters(
         ("Sampler", A1111_SAMPLER_NAMES.get(request.sampler, request.sampler)),
         ("Schedule type", "Karras" if request.schedule == "karras" else "Automatic"),
         ("CFG scale", f"{request.guidance_scale:g}"),
+        *(
+            [("CFG Rescale phi", f"{request.guidance_rescale:g}")]
+            if request.guidance_rescale
+            else []
+        ),
         ("Seed", seed),
         ("Size", f"{width}x{height}"),
         ("Model", model),

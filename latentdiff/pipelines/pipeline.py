@@ -56,6 +56,7 @@ class Pipeline:
         num_images: int = 1,
         latents: torch.Tensor | None = None,
         schedule: str = "default",
+        guidance_rescale: float = 0.0,
     ) -> list[Image.Image]:
         """Generate `num_images` images per prompt (parameter names and order as DESIGN.md's
         contract, diffusers' names; `schedule="karras"` switches the sigma spacing)."""
@@ -64,6 +65,7 @@ class Pipeline:
             negative_prompt=negative_prompt,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
+            guidance_rescale=guidance_rescale,
             sampler=sampler,
             schedule=schedule,
             seed=seed,

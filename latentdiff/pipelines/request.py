@@ -22,6 +22,8 @@ class GenerationRequest:
     """Steers away from this text; None means the empty prompt (the unconditional model)."""
     num_inference_steps: int = 20
     guidance_scale: float = 5.0
+    guidance_rescale: float = 0.0
+    """φ of Lin et al.'s guidance rescaling (0 = plain CFG; they use 0.7 at zero terminal SNR)."""
     sampler: str = "dpmpp_2m"
     schedule: str = "default"
     seed: int | None = None
@@ -51,6 +53,8 @@ class GenerationRequest:
             raise UsageError(f"steps must be at least 1, got {self.num_inference_steps}")
         if not math.isfinite(self.guidance_scale):
             raise UsageError(f"guidance scale must be a finite number, got {self.guidance_scale}")
+        if not 0 <= self.guidance_rescale <= 1:
+            raise UsageError(f"guidance rescale must be in [0, 1], got {self.guidance_rescale}")
         if self.sampler not in samplers:
             raise UsageError(
                 f"unknown sampler {self.sampler!r}; choose one of {', '.join(samplers)}"

@@ -67,7 +67,14 @@ def txt2img_latents(
     denoiser = Denoiser(
         components.unet, config.diffusion, quantize=quantize_timesteps(sampler, settings)
     )
-    guided = cfg_denoiser(denoiser, cond, uncond, request.guidance_scale)
+    guided = cfg_denoiser(
+        denoiser,
+        cond,
+        uncond,
+        request.guidance_scale,
+        guidance_rescale=request.guidance_rescale,
+        c_skip=lambda sigma: denoiser.scalings(sigma)[0],
+    )
     x = initial_latents(latents.to(device, torch.float32), sigmas, sampler, settings)
     # Ancestral samplers continue each image's own generator past its starting noise.
     noise_source = generator if generator is not None else generators

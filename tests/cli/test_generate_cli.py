@@ -100,6 +100,7 @@ P = "a red circle"
 BAD_INPUTS = {  # case: (arguments after the model and FAST, expected message)
     "steps 0": ([P, "--steps", "0"], "steps must be at least 1"),
     "guidance nan": ([P, "--guidance-scale", "nan"], "guidance scale must be a finite number"),
+    "rescale 2": ([P, "--guidance-rescale", "2"], "guidance rescale must be in [0, 1]"),
     "unknown sampler": ([P, "--sampler", "plms"], "unknown sampler 'plms'"),
     "width not a multiple": ([P, "--width", "17"], "width must be a positive multiple of 4"),
     "width fits f, not the U-Net": ([P, "--width", "18"], "width must be a positive multiple of 4"),

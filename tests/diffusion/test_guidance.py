@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
+from latentdiff.config import DiffusionConfig
+from latentdiff.diffusion.denoisers import Denoiser
 from latentdiff.diffusion.guidance import cfg_denoiser
 
 
@@ -40,3 +44,45 @@ def test_scale_one_runs_the_conditional_branch_only():
     guided = cfg_denoiser(denoiser, cond, uncond, guidance_scale=1.0)(x, sigma)
     assert denoiser.batch_sizes == [2]
     torch.testing.assert_close(guided, torch.full_like(x, 0.5 + 5.0))
+
+
+def context_unet(x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """A stand-in U-Net whose output depends on x_t, t and the context."""
+    shift = context.mean(dim=(1, 2))[:, None, None, None]
+    return torch.tanh(0.5 * x_t + shift) + 0.001 * t[:, None, None, None]
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("phi", [0.0, 0.7, 1.0])
+def test_guidance_rescale_equals_diffusers_rescale_noise_cfg(prediction_type, phi):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 5, 5, generator=generator) * 3
+    sigma = torch.tensor([2.5, 0.7])
+    cond = torch.randn(2, 7, 8, generator=generator)
+    uncond = torch.randn(2, 7, 8, generator=generator)
+    config = DiffusionConfig(prediction_type=prediction_type)
+    denoiser = Denoiser(context_unet, config)
+    guided = cfg_denoiser(
+        denoiser,
+        cond,
+        uncond,
+        guidance_scale=7.5,
+        guidance_rescale=phi,
+        c_skip=lambda s: denoiser.scalings(s)[0],
+    )(x, sigma)
+
+    c_skip, c_out, c_in = (c[:, None, None, None] for c in denoiser.scalings(sigma))
+    t = denoiser.sigma_to_t(sigma)
+    out_cond, out_uncond = (context_unet(c_in * x, t, c) for c in (cond, uncond))
+    out = out_uncond + 7.5 * (out_cond - out_uncond)
+    out = rescale_noise_cfg(out, out_cond, guidance_rescale=phi)
+    torch.testing.assert_close(guided, c_skip * x + c_out * out, rtol=1e-5, atol=1e-5)
+    if phi == 1.0:  # the output's std is the conditional one's
+        rescaled = (guided - c_skip * x) / c_out
+        torch.testing.assert_close(rescaled.std(dim=(1, 2, 3)), out_cond.std(dim=(1, 2, 3)))
+
+
+def test_guidance_rescale_needs_c_skip():
+    with pytest.raises(ValueError, match="c_skip"):
+        cfg_denoiser(RecordingDenoiser(), torch.ones(1, 2, 3), torch.ones(1, 2, 3), 5.0,
+                     guidance_rescale=0.5)  # fmt: skip

@@ -42,6 +42,12 @@ def test_layout_with_negative_prompt_and_karras() -> None:
     )
 
 
+def test_guidance_rescale_is_written_only_when_used() -> None:
+    request = GenerationRequest(prompt="a", guidance_scale=7.5, guidance_rescale=0.7)
+    assert "CFG scale: 7.5, CFG Rescale phi: 0.7, Seed: 1," in parameters(request, seed=1)
+    assert "CFG Rescale" not in parameters(GenerationRequest(prompt="a"), seed=1)
+
+
 def test_empty_negative_prompt_writes_no_negative_line() -> None:
     text = parameters(GenerationRequest(prompt="a circle", negative_prompt=""))
     assert "Negative prompt" not in text

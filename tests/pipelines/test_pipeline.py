@@ -151,6 +151,14 @@ def test_guidance_scale_one_uses_the_conditional_model_only(pipe: Pipeline) -> N
     assert not np.array_equal(cond_only, run(pipe, guidance_scale=5.0))
 
 
+def test_guidance_rescale_changes_guided_output_only(pipe: Pipeline) -> None:
+    plain = run(pipe, guidance_scale=5.0)
+    assert np.array_equal(plain, run(pipe, guidance_scale=5.0, guidance_rescale=0.0))
+    assert not np.array_equal(plain, run(pipe, guidance_scale=5.0, guidance_rescale=0.7))
+    cond_only = run(pipe, guidance_scale=1.0)  # nothing to rescale without guidance
+    assert np.array_equal(cond_only, run(pipe, guidance_scale=1.0, guidance_rescale=0.7))
+
+
 def test_negative_prompt_changes_the_guided_output(pipe: Pipeline) -> None:
     plain = run(pipe, guidance_scale=5.0)
     assert not np.array_equal(plain, run(pipe, guidance_scale=5.0, negative_prompt="a square"))
