@@ -4,7 +4,7 @@ Both sides get the same weights (diffusers' `UNet2DConditionModel` and `Autoenco
 through `latentdiff.checkpoints.diffusers_layout`), the same initial latents, the same text
 context (latentdiff's text encoder, run inside each timed call, fed to diffusers as
 `prompt_embeds`), and the same sampler: `dpmpp_2m` against `DPMSolverMultistepScheduler` built
-from the pipeline's scheduler settings. Runs alternate (ours, theirs, ours, …) in one process
+from the scheduler config our diffusers export writes for the model. Runs alternate (ours, theirs, ours, …) in one process
 under `torch.inference_mode` with the same thread count, so load drifts hit both alike.
 
     python benchmarks/txt2img_vs_diffusers.py [--model PATH] [--steps 20] [--batch 1]
@@ -27,14 +27,14 @@ from diffusers import StableDiffusionPipeline as DiffusersPipeline
 from diffusers.utils import logging as diffusers_logging
 
 from latentdiff.checkpoints.bundle import Components
+from latentdiff.checkpoints.diffusers_folder import diffusers_scheduler_config
 from latentdiff.checkpoints.diffusers_layout import (
     autoencoder_to_diffusers,
     diffusers_unet_config,
     diffusers_vae_config,
     unet_to_diffusers,
 )
-from latentdiff.config import DiffusionConfig
-from latentdiff.diffusion.schedules import _DIFFUSERS_BETA_SCHEDULES, SchedulerSettings
+from latentdiff.diffusion.schedules import SchedulerSettings
 from latentdiff.pipelines.common import encode_prompt
 from latentdiff.pipelines.pipeline import Pipeline
 
@@ -44,25 +44,6 @@ TARGET_SECONDS = 1.0  # one 64×64 image, 20 steps, warm, on 2 cores
 TARGET_RATIO = 1.0
 
 AGREEMENT = 2  # max abs pixel difference (of 255) that float rounding explains
-# Our beta schedule names → diffusers', the inverse of the map that reads diffusers configs.
-DIFFUSERS_BETA_SCHEDULES = {ours: theirs for theirs, ours in _DIFFUSERS_BETA_SCHEDULES.items()}
-
-
-def dpm_solver_config(diffusion: DiffusionConfig, settings: SchedulerSettings) -> dict:
-    """The DPMSolverMultistepScheduler config on which diffusers walks our `dpmpp_2m`'s σ's."""
-    return {
-        "num_train_timesteps": diffusion.num_train_timesteps,
-        "beta_schedule": DIFFUSERS_BETA_SCHEDULES[diffusion.beta_schedule],
-        "beta_start": diffusion.beta_start,
-        "beta_end": diffusion.beta_end,
-        "prediction_type": diffusion.prediction_type,
-        "algorithm_type": "dpmsolver++",
-        "solver_order": 2,
-        "final_sigmas_type": "zero",
-        "timestep_spacing": settings.spacing or "linspace",
-        "steps_offset": settings.steps_offset,
-        "use_karras_sigmas": settings.karras,
-    }
 
 
 def diffusers_pipeline(components: Components, settings: SchedulerSettings) -> DiffusersPipeline:
@@ -79,7 +60,11 @@ def diffusers_pipeline(components: Components, settings: SchedulerSettings) -> D
         text_encoder=None,
         tokenizer=None,
         unet=unet.eval(),
-        scheduler=DPMSolverMultistepScheduler(**dpm_solver_config(config.diffusion, settings)),
+        # The scheduler_config.json our diffusers export writes: DPM-Solver reads it as
+        # `dpmpp_2m` reads the settings (the parity tests check that).
+        scheduler=DPMSolverMultistepScheduler.from_config(
+            diffusers_scheduler_config(config.diffusion, settings)
+        ),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
