@@ -4,8 +4,12 @@ Both sides get the same weights (diffusers' `UNet2DConditionModel` and `Autoenco
 through `latentdiff.checkpoints.diffusers_layout`), the same initial latents, the same text
 context (latentdiff's text encoder, run inside each timed call, fed to diffusers as
 `prompt_embeds`), and the same sampler: `dpmpp_2m` against `DPMSolverMultistepScheduler` built
-from the scheduler config our diffusers export writes for the model. Runs alternate (ours, theirs, ours, …) in one process
-under `torch.inference_mode` with the same thread count, so load drifts hit both alike.
+from the scheduler config our diffusers export writes for the model. Runs alternate (ours,
+theirs, ours, …) in one process under `torch.inference_mode` with the same thread count, so load
+drifts hit both alike. The default is random weights of the shapes preset: the bundled model's
+latents are normalised per channel (`latents_mean`/`latents_std`), which diffusers'
+StableDiffusionPipeline does not apply before decoding, so with `--model` the timing holds but
+the pixels differ.
 
     python benchmarks/txt2img_vs_diffusers.py [--model PATH] [--steps 20] [--batch 1]
                                               [--runs 5] [--threads 2]
