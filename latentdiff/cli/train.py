@@ -268,7 +268,14 @@ def run_train_unet(args: argparse.Namespace) -> None:
             vocab_size = model_config.text_encoder.vocab_size
             build_world_tokenizer(vocab_size=vocab_size).save(tokenizer_path)
         if not cache_path.exists():
-            encode_latent_cache(args, model_config, autoencoder.to(device), provenance)
+            encode_latent_cache(
+                cache_path,
+                Tokenizer.load(tokenizer_path),
+                autoencoder.to(device),
+                model_config.text_encoder.context_length,
+                provenance,
+                progress=not args.no_progress,
+            )
     barrier(context)
     tokenizer = Tokenizer.load(tokenizer_path)
     cache = LatentCache.load(cache_path, expected=provenance)
@@ -300,26 +307,27 @@ def run_train_unet(args: argparse.Namespace) -> None:
         )
 
 
-def encode_latent_cache(args: argparse.Namespace, model_config, autoencoder, provenance) -> None:
-    """Render and encode the run's latent cache once, into its `latents.safetensors`."""
+def encode_latent_cache(
+    path: Path, tokenizer, autoencoder, context_length: int, provenance: dict, progress: bool
+) -> None:
+    """Render and encode a run's latent cache once into `path`, as `provenance` describes it."""
     import time
 
-    from latentdiff.models.tokenizer import Tokenizer
     from latentdiff.training.unet import build_latent_cache
 
-    output = Path(args.output_dir)
     start = time.perf_counter()
     cache = build_latent_cache(
         autoencoder,
-        Tokenizer.load(output / "tokenizer.json"),
-        num_samples=args.cache_size,
-        size=model_config.sample_size,
-        context_length=model_config.text_encoder.context_length,
-        seed=args.seed,
-        progress=not args.no_progress,
+        tokenizer,
+        num_samples=provenance["num_samples"],
+        size=provenance["size"],
+        context_length=context_length,
+        seed=provenance["seed"],
+        progress=progress,
     )
-    cache.save(output / "latents.safetensors", provenance)
-    print(f"latent cache: {args.cache_size} scenes in {time.perf_counter() - start:.0f} s")
+    cache.save(path, provenance)
+    seconds = time.perf_counter() - start
+    print(f"latent cache: {provenance['num_samples']} scenes in {seconds:.0f} s")
 
 
 def with_objective(model_config, args: argparse.Namespace):
