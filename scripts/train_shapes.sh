@@ -2,7 +2,7 @@
 # The exact recipe of the bundled shapes model (docs/MODEL.md). Every stage resumes from its
 # run folder, so re-running this script after an interruption continues where it stopped.
 # Usage: [V_STEPS=N] scripts/train_shapes.sh [RUNS_DIR]   (default /work/runs, outside the
-# work tree; V_STEPS is the length of the second U-Net stage, see below; a larger N continues it)
+# work tree; V_STEPS is where the second U-Net stage's cosine decay ends, see below)
 set -euo pipefail
 runs="${1:-/work/runs}"
 mkdir -p "$runs"
@@ -30,9 +30,12 @@ latentdiff train unet "${unet_args[@]}" --output-dir "$runs/unet" --steps 4500 -
 # prompt; docs/MODEL.md has the measurements. Same latent cache, so it is copied, not rebuilt.
 mkdir -p "$runs/unet_v"
 cp -n "$runs/unet/latents.safetensors" "$runs/unet_v/"
-latentdiff train unet "${unet_args[@]}" --output-dir "$runs/unet_v" --steps "${V_STEPS:-2000}" \
-  --warmup 100 --prediction-type v_prediction --zero-terminal-snr --weighting none \
-  --init-from "$runs/unet/model"
+# 2,500 steps at a constant 3e-4, then cosine decay to step V_STEPS (the second command resumes
+# the first run's step-2,500 checkpoint with the new schedule, as the autoencoder's does).
+v_args=(--output-dir "$runs/unet_v" --warmup 100 --prediction-type v_prediction
+  --zero-terminal-snr --weighting none --init-from "$runs/unet/model")
+latentdiff train unet "${unet_args[@]}" "${v_args[@]}" --steps 2500
+latentdiff train unet "${unet_args[@]}" "${v_args[@]}" --steps "${V_STEPS:-5500}" --lr-schedule cosine
 
 mkdir -p latentdiff/assets/shapes latentdiff/assets/clip
 cp "$runs/unet_v/model/"{config.json,model.safetensors,tokenizer.json} latentdiff/assets/shapes/

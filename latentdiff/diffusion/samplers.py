@@ -41,6 +41,7 @@ from torch import Tensor
 from latentdiff.config import DiffusionConfig
 from latentdiff.diffusion.denoisers import DenoiseFn
 from latentdiff.diffusion.schedules import (
+    ZERO_SNR_SIGMA,
     SchedulerSettings,
     Spacing,
     append_zero,
@@ -97,6 +98,11 @@ def _randn_like(x: Tensor, generator: Generators) -> Tensor:
         for g in generator
     ]
     return torch.stack(rows)
+
+
+def _is_pure_noise(sigma: Tensor) -> bool:
+    """Whether σ is a zero-terminal-SNR start (or beyond it), where x carries no signal."""
+    return bool(sigma >= ZERO_SNR_SIGMA * (1 - 1e-6))
 
 
 def _denoise(denoiser: DenoiseFn, x: Tensor, sigma: Tensor) -> Tensor:
@@ -201,13 +207,20 @@ def sample_heun(
     generator: Generators = None,
     callback: Callback | None = None,
 ) -> Tensor:
-    """Heun's 2nd-order method (Karras et al. 2022, Alg. 1); the last step, to σ = 0, is Euler."""
+    """Heun's 2nd-order method (Karras et al. 2022, Alg. 1); the last step, to σ = 0, is Euler.
+
+    So is a step from pure noise (σ ≥ 4096, ᾱ ≤ 2⁻²⁴: a zero-terminal-SNR start). The corrected
+    step equals the Euler step plus ((σ − σ')/2σ')·(D(x_euler, σ') − D(x, σ)), a weight of 51
+    for 4096 → 40 that grows without bound as ᾱ_T → 0: it multiplies the model's error in the
+    change of its x0 estimate (measured on the shapes model: adherence 0.09 with it, 0.23
+    without). diffusers' Heun scheduler has no zero-SNR schedule to compare with.
+    """
     for i in range(len(sigmas) - 1):
         denoised = _denoise_step(denoiser, x, sigmas, i, callback)
         d = to_d(x, sigmas[i], denoised)
         dt = sigmas[i + 1] - sigmas[i]
         x_euler = x + d * dt
-        if sigmas[i + 1] == 0:
+        if sigmas[i + 1] == 0 or _is_pure_noise(sigmas[i]):
             x = x_euler
         else:
             d_next = to_d(x_euler, sigmas[i + 1], _denoise(denoiser, x_euler, sigmas[i + 1]))

@@ -98,6 +98,8 @@ def sigmas_from_alphas_cumprod(alphas_cumprod: Tensor) -> Tensor:
 # ᾱ_T = 0 means σ_T = ∞; samplers start at ᾱ_T = 2⁻²⁴ (σ_T = 4096) instead, as diffusers' do.
 # The U-Net input c_in·x is then the noise to within 2⁻²⁴, and every σ stays finite.
 ZERO_SNR_ALPHA_BAR = 2.0**-24
+ZERO_SNR_SIGMA = ((1 - ZERO_SNR_ALPHA_BAR) / ZERO_SNR_ALPHA_BAR) ** 0.5
+"""σ of ᾱ = 2⁻²⁴ (≈ 4096): where a zero-terminal-SNR model's sampling starts."""
 
 
 def get_training_sigmas(config: DiffusionConfig) -> Tensor:

@@ -161,6 +161,19 @@ def test_zero_terminal_snr_matches_diffusers(sampler, steps):
     assert_parity(sampler, config, steps, atol=5e-4)
 
 
+def test_heun_steps_out_of_pure_noise_with_euler():
+    """From σ = 4096 the trapezoid correction would weigh D's change by (σ − σ')/2σ' ≈ 51."""
+    denoiser = gaussian_denoiser(mu=0.3, s=0.8)
+    heun, euler = SAMPLERS["heun"], SAMPLERS["euler"]
+    zero_snr = DiffusionConfig(prediction_type="v_prediction", rescale_betas_zero_snr=True)
+    for config, euler_first in [(zero_snr, True), (DiffusionConfig(), False)]:
+        sigmas = sigmas_for("heun", config, 10, SchedulerSettings(spacing="trailing"))
+        x = torch.randn(64, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        x = x * sigmas[0]
+        first_euler_then_heun = heun(denoiser, euler(denoiser, x, sigmas[:2]), sigmas[1:])
+        assert torch.equal(heun(denoiser, x, sigmas), first_euler_then_heun) == euler_first
+
+
 def test_ancestral_samplers_need_a_generator():
     sigmas = sigmas_for("euler_a", DiffusionConfig(), 4)
     with pytest.raises(ValueError, match="Generator"):
