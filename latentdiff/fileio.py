@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
     except BaseException as error:
         tmp.unlink(missing_ok=True)
         raise_unwritable(path, error)
+        raise
+
+
+def atomic_folder(folder: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """Call `write(tmp_folder)` on a fresh folder, then rename it onto `folder`, which must be
+    absent or empty: a crash leaves either no folder or a complete one."""
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise UsageError(f"{folder} already exists and is not empty; refusing to overwrite it")
+    tmp = temporary_name(folder)
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process with the same pid
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        write(tmp)
+        os.replace(tmp, folder)  # onto nothing or an empty folder
+    except BaseException as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise_unwritable(folder, error)
         raise
 
 

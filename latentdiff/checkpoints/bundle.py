@@ -7,6 +7,7 @@ checkpoint format), checking every key and shape, so a bad file never half-loads
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,18 +16,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from latentdiff.config import ModelConfig
+from latentdiff.config import AutoencoderConfig, ModelConfig, from_dict
 from latentdiff.errors import UsageError
 from latentdiff.fileio import atomic_write, write_json
 from latentdiff.models.autoencoder import Autoencoder
 from latentdiff.models.text_encoder import TextEncoder
 from latentdiff.models.tokenizer import PromptTokenizer
 from latentdiff.models.unet import UNet
-from latentdiff.training.checkpoint import save_weights
+from latentdiff.training.checkpoint import load_weights, save_weights
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
+AUTOENCODER_FILE = "autoencoder.safetensors"
+AUTOENCODER_CONFIG_FILE = "autoencoder_config.json"
+"""What a `latentdiff train autoencoder` run folder holds besides its checkpoints."""
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_MODELS = {"shapes": ASSETS / "shapes"}
 BUNDLED_CLIP = ASSETS / "clip"  # the Shapes World CLIP (`training.clip.load_clip` reads it)
@@ -111,18 +115,42 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
 def save_components(
     components: Components, folder: str | os.PathLike, dtype: torch.dtype = torch.float16
 ) -> None:
-    """Write a model folder; each file is written to a temporary name, then renamed."""
+    """Write a model folder from modules (see `write_model_folder`)."""
+    states = {name: module.state_dict() for name, module in components.modules().items()}
+    write_model_folder(folder, components.config, states, components.tokenizer, dtype)
+
+
+def write_model_folder(
+    folder: str | os.PathLike,
+    config: ModelConfig,
+    states: Mapping[str, Mapping[str, torch.Tensor]],
+    tokenizer: PromptTokenizer,
+    dtype: torch.dtype | None = torch.float16,
+) -> None:
+    """Write a model folder: config, weights (each component's under its prefix, floating
+    tensors cast to `dtype` if given) and tokenizer; each file is written to a temporary
+    name, then renamed."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {
-        f"{prefix}.{key}": tensor
-        for prefix, module in components.modules().items()
-        for key, tensor in module.state_dict().items()
-    }
+    state = {f"{prefix}.{key}": t for prefix, sub in states.items() for key, t in sub.items()}
     save_weights(folder / WEIGHTS_FILE, state, dtype=dtype)
-    write_json(folder / CONFIG_FILE, components.config.to_dict())
-    atomic_write(folder / TOKENIZER_FILE, components.tokenizer.save)
+    write_json(folder / CONFIG_FILE, config.to_dict())
+    atomic_write(folder / TOKENIZER_FILE, tokenizer.save)
 
 
 def take_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def read_autoencoder_run(folder: str | os.PathLike) -> tuple[AutoencoderConfig, dict]:
+    """The config and (EMA) weights a finished `latentdiff train autoencoder` run wrote."""
+    folder = Path(folder)
+    config_path, weights_path = folder / AUTOENCODER_CONFIG_FILE, folder / AUTOENCODER_FILE
+    if not weights_path.is_file() or not config_path.is_file():
+        raise UsageError(f"{folder} holds no finished autoencoder run ({AUTOENCODER_FILE})")
+    try:
+        config = from_dict(AutoencoderConfig, json.loads(config_path.read_text()))
+    except (OSError, ValueError) as error:  # ValueError: bad JSON or bad UTF-8
+        raise UsageError(f"cannot read {config_path}: {error}") from None
+    state, _ = load_weights(weights_path)
+    return config, state

@@ -71,7 +71,7 @@ from latentdiff.diffusion.schedules import (
     diffusion_config_from_diffusers,
 )
 from latentdiff.errors import UsageError
-from latentdiff.fileio import raise_unwritable, temporary_name, write_json
+from latentdiff.fileio import atomic_folder, write_json
 from latentdiff.models.text_encoder import TextEncoder
 from latentdiff.training.checkpoint import (
     check_state,
@@ -308,8 +308,6 @@ def write_diffusers_folder(
     replace a non-empty folder; builds everything under a temporary name, then renames it.
     """
     folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise UsageError(f"{folder} already exists and is not empty; refusing to overwrite it")
     if tokenizer_dir is not None:
         tokenizer_dir = _tokenizer_dir(Path(tokenizer_dir))
     # Every conversion runs before anything is written: a mismatch leaves no trace on disk.
@@ -336,23 +334,17 @@ def write_diffusers_folder(
         ),
     }
 
-    tmp = temporary_name(folder)
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process with the same pid
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
+    def write(tmp: Path) -> None:
         for name in (UNET, VAE, TEXT_ENCODER, SCHEDULER):
-            (tmp / name).mkdir(parents=True)
+            (tmp / name).mkdir()
         for name, data in configs.items():
             write_json(tmp / name, data)
         for name, (stem, state) in weights.items():
             save_weights(tmp / name / f"{stem}.safetensors", state, {"format": "pt"}, dtype)
         if tokenizer_dir is not None:
             shutil.copytree(tokenizer_dir, tmp / TOKENIZER)
-        os.replace(tmp, folder)  # onto nothing or an empty folder
-    except BaseException as error:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise_unwritable(folder, error)
-        raise
+
+    atomic_folder(folder, write)
 
 
 def drop_unused_text_layer(

@@ -15,7 +15,7 @@ own size (an fp16 file costs its fp32 copy plus the fp16 tensors not yet cast).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -28,12 +28,15 @@ from latentdiff.checkpoints.bundle import (
     WEIGHTS_FILE,
     Components,
     build_modules,
+    read_autoencoder_run,
     resolve_model_path,
     take_prefix,
+    write_model_folder,
 )
 from latentdiff.config import ModelConfig, load_model_config
 from latentdiff.diffusion.schedules import SchedulerSettings, default_scheduler_settings
 from latentdiff.errors import UsageError
+from latentdiff.fileio import atomic_folder
 from latentdiff.models.tokenizer import PromptTokenizer, Tokenizer
 from latentdiff.training.checkpoint import load_module_state, load_weights
 
@@ -66,10 +69,15 @@ class LoadOptions:
     """Take the EMA copy of a full single-file checkpoint's U-Net instead of the trained weights."""
     variant: str | None = None
     """A diffusers weight variant, e.g. "fp16" for `*.fp16.safetensors`."""
+    vae: str | os.PathLike | None = None
+    """An autoencoder to use instead of the checkpoint's: a `latentdiff train autoencoder` run
+    folder, e.g. one whose decoder was fine-tuned (`--finetune-decoder`). Its architecture must
+    be the checkpoint's; the checkpoint's latent normalisation is kept. Stored as a `Path`."""
 
     def __post_init__(self) -> None:
-        if self.tokenizer is not None:  # a str from the command line or a Python caller
-            object.__setattr__(self, "tokenizer", Path(self.tokenizer))
+        for name in ("tokenizer", "vae"):  # a str from the command line or a Python caller
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
 
 
 @dataclass
@@ -123,10 +131,31 @@ def read_model(name_or_path: str | os.PathLike, options: LoadOptions | None = No
     path = resolve_checkpoint_path(name_or_path)
     kind = detect_format(path)
     if kind == "latentdiff":
-        return _read_latentdiff(path, options)
-    if kind == "diffusers":
-        return _read_diffusers(path, options)
-    return _read_single_file(path, options)
+        weights = _read_latentdiff(path, options)
+    elif kind == "diffusers":
+        weights = _read_diffusers(path, options)
+    else:
+        weights = _read_single_file(path, options)
+    if options.vae is not None:
+        _replace_autoencoder(weights, options.vae)
+    return weights
+
+
+def _replace_autoencoder(weights: ModelWeights, vae: Path) -> None:
+    """Swap in the autoencoder of a `train autoencoder` run (same architecture), keeping the
+    checkpoint's latent normalisation, which its U-Net was trained with."""
+    config, state = read_autoencoder_run(vae)
+    ours = weights.config.autoencoder
+    normalisation = {"scaling_factor", "latents_mean", "latents_std", "kl_weight"}
+    differ = [
+        f.name
+        for f in fields(config)
+        if f.name not in normalisation and getattr(config, f.name) != getattr(ours, f.name)
+    ]
+    if differ:
+        raise UsageError(f"--vae {vae}: its {differ[0]} differs from {weights.path}'s autoencoder")
+    weights.states["autoencoder"] = state
+    weights.notes.append(f"autoencoder weights from {vae}")
 
 
 def resolve_checkpoint_path(name_or_path: str | os.PathLike) -> Path:
@@ -255,10 +284,21 @@ def write_model(
     weights: ModelWeights,
     output: str | os.PathLike,
     *,
-    to: Literal["diffusers", "single-file"],
+    to: Literal["diffusers", "single-file", "latentdiff"],
     dtype: torch.dtype | None = None,
 ) -> None:
-    """Write `weights` as a diffusers folder or an original single file (`dtype` casts)."""
+    """Write `weights` as a diffusers folder, an original single file or (from a latentdiff
+    folder) a latentdiff folder; `dtype` casts."""
+    if to == "latentdiff":
+        if not isinstance(weights.tokenizer, Tokenizer):
+            raise UsageError(f"{weights.path}: only latentdiff models are written as latentdiff")
+        # "keep" keeps the U-Net's dtype for every component (a --vae run's may differ).
+        keep = next(t.dtype for t in weights.states["unet"].values() if t.is_floating_point())
+        tokenizer, config, states = weights.tokenizer, weights.config, weights.states
+        atomic_folder(
+            output, lambda tmp: write_model_folder(tmp, config, states, tokenizer, dtype or keep)
+        )
+        return
     if to == "single-file":
         from latentdiff.checkpoints.single_file import write_single_file
 

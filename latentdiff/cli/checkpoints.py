@@ -26,11 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "convert",
         help="convert a checkpoint between diffusers folders and SD single files",
         description="Rewrite a Stable Diffusion checkpoint as a diffusers folder or an original "
-        "single .safetensors file (CompVis layout). Round trips are lossless.",
+        "single .safetensors file (CompVis layout), or a latentdiff model folder as a new "
+        "latentdiff folder (e.g. with --vae baked in). Round trips are lossless.",
     )
-    convert.add_argument("input", help="diffusers folder or single file (.safetensors/.ckpt)")
-    convert.add_argument("output", help="folder (--to diffusers) or .safetensors file")
-    convert.add_argument("--to", required=True, choices=("diffusers", "single-file"))
+    convert.add_argument(
+        "input", help="diffusers folder, single file (.safetensors/.ckpt) or latentdiff folder"
+    )
+    convert.add_argument("output", help="folder (--to diffusers|latentdiff) or .safetensors file")
+    convert.add_argument("--to", required=True, choices=("diffusers", "single-file", "latentdiff"))
     convert.add_argument("--dtype", default="keep", choices=DTYPES, help="weights dtype")
     add_load_options(convert)
     convert.set_defaults(func=run_convert)
@@ -57,6 +60,11 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
         "--ema", action="store_true", help="use a full checkpoint's EMA U-Net weights"
     )
     parser.add_argument("--variant", default=None, help='diffusers weight variant, e.g. "fp16"')
+    parser.add_argument(
+        "--vae", default=None,
+        help="use this `train autoencoder` run's autoencoder (same architecture), e.g. a "
+        "fine-tuned decoder",
+    )  # fmt: skip
 
 
 def load_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -68,6 +76,7 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
         "inpainting": args.inpainting,
         "use_ema": args.ema,
         "variant": args.variant,
+        "vae": args.vae,
     }
 
 
@@ -88,10 +97,10 @@ def run_convert(args: argparse.Namespace) -> None:
     if output.exists() and (output.is_file() or any(output.iterdir())):
         raise UsageError(f"{output} exists; choose a new output path")
     weights = read_model(args.input, LoadOptions(**load_options(args)))
-    if weights.format == "latentdiff":
+    if (weights.format == "latentdiff") != (args.to == "latentdiff"):
         raise UsageError(
-            f"{args.input} is a latentdiff model folder; convert reads Stable Diffusion "
-            "checkpoints (diffusers folders and single files)"
+            f"{args.input}: convert writes latentdiff folders from latentdiff folders, and "
+            "diffusers folders and single files from Stable Diffusion checkpoints"
         )
     write_model(weights, output, to=args.to, dtype=dtype[args.dtype])
     print(f"wrote {output} ({args.to})")

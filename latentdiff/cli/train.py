@@ -13,9 +13,6 @@ from pathlib import Path
 
 from latentdiff.errors import UsageError
 
-AUTOENCODER_FILE = "autoencoder.safetensors"
-AUTOENCODER_CONFIG_FILE = "autoencoder_config.json"
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train a model component")
@@ -24,6 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ae = tasks.add_parser("autoencoder", help="train the KL autoencoder on rendered images")
     add_common_arguments(ae, steps=4000, batch_size=32, lr=5e-4)
     ae.add_argument("--size", type=int, default=64, help="training image side in pixels")
+    ae.add_argument(
+        "--finetune-decoder",
+        metavar="AE_RUN",
+        help="start from this `train autoencoder` run and train only its decoder: the encoder, "
+        "and so every latent and U-Net made with it, stays valid (as SD's fine-tuned VAEs)",
+    )
     ae.set_defaults(func=run_train_autoencoder)
 
     clip = tasks.add_parser("clip", help="train the CLIP model contrastively on rendered pairs")
@@ -136,6 +139,7 @@ def preset(name: str):
 
 
 def run_train_autoencoder(args: argparse.Namespace) -> None:
+    from latentdiff.checkpoints.bundle import AUTOENCODER_CONFIG_FILE, AUTOENCODER_FILE
     from latentdiff.fileio import write_json
     from latentdiff.models.autoencoder import Autoencoder
     from latentdiff.training.autoencoder import (
@@ -146,10 +150,14 @@ def run_train_autoencoder(args: argparse.Namespace) -> None:
     from latentdiff.training.checkpoint import save_weights
 
     config = train_config(args)
-    ae_config = preset(args.preset).autoencoder
+    if args.finetune_decoder:
+        model = load_trained_autoencoder(Path(args.finetune_decoder)).train()
+        freeze_encoder(model)
+    else:
+        model = Autoencoder(preset(args.preset).autoencoder)
+    ae_config = model.config
     if args.size < 16 or args.size % ae_config.downsample_factor:
         raise UsageError(f"--size must be ≥ 16 and a multiple of {ae_config.downsample_factor}")
-    model = Autoencoder(ae_config)
     batches = RenderedImages(config.batch_size, args.size, config.seed)
     trainer, summary = fit(args, config, model, autoencoder_loss, batches)
     if not trainer.dist.is_main:
@@ -163,6 +171,14 @@ def run_train_autoencoder(args: argparse.Namespace) -> None:
         f"autoencoder: step {summary.step}, loss {summary.final_loss}, "
         f"{summary.samples_per_s:.1f} samples/s, PSNR {psnr:.2f} dB on unseen renders"
     )
+
+
+def freeze_encoder(model) -> None:
+    """Train the decoder side only (post_quant_conv + decoder); the encoder and quant_conv,
+    which define the latent space, keep their weights."""
+    model.requires_grad_(False)
+    model.post_quant_conv.requires_grad_(True)
+    model.decoder.requires_grad_(True)
 
 
 def run_train_clip(args: argparse.Namespace) -> None:
@@ -200,21 +216,14 @@ def run_train_clip(args: argparse.Namespace) -> None:
 
 
 def load_trained_autoencoder(run_dir: Path):
-    """The (EMA) weights and config written by `train autoencoder`."""
-    from latentdiff.config import AutoencoderConfig, from_dict
+    """The (EMA) weights and config written by `train autoencoder`, as a frozen module."""
+    from latentdiff.checkpoints.bundle import read_autoencoder_run
     from latentdiff.models.autoencoder import Autoencoder
-    from latentdiff.training.checkpoint import load_module_state, load_weights
+    from latentdiff.training.checkpoint import load_module_state
 
-    config_path, weights_path = run_dir / AUTOENCODER_CONFIG_FILE, run_dir / AUTOENCODER_FILE
-    if not weights_path.is_file() or not config_path.is_file():
-        raise UsageError(f"{run_dir} holds no finished autoencoder run ({AUTOENCODER_FILE})")
-    try:
-        config = from_dict(AutoencoderConfig, json.loads(config_path.read_text()))
-    except (OSError, ValueError) as error:  # ValueError: bad JSON or bad UTF-8
-        raise UsageError(f"cannot read {config_path}: {error}") from None
+    config, state = read_autoencoder_run(run_dir)
     model = Autoencoder(config)
-    state, _ = load_weights(weights_path)
-    load_module_state(model, state, weights_path)
+    load_module_state(model, state, run_dir)
     return model.eval().requires_grad_(False)
 
 

@@ -327,9 +327,17 @@ BAD_INPUTS = {  # case: (arguments, expected message); {out} already holds keep.
         ("convert", "{folder}", "{out}/keep.txt", "--to", "single-file"),
         "keep.txt exists; choose a new output path",
     ),
-    "latentdiff model folder": (
+    "latentdiff model folder to diffusers": (
         ("convert", "shapes", *TO_FOLDER),
-        "is a latentdiff model folder; convert reads Stable Diffusion checkpoints",
+        "convert writes latentdiff folders from latentdiff folders, and diffusers folders",
+    ),
+    "SD checkpoint to latentdiff": (
+        ("convert", "{folder}", "{out}/new", "--to", "latentdiff"),
+        "convert writes latentdiff folders from latentdiff folders",
+    ),
+    "vae not an autoencoder run": (
+        ("info", "shapes", "--vae", "{out}"),
+        "out holds no finished autoencoder run (autoencoder.safetensors)",
     ),
     "single file not .safetensors": (
         ("convert", "{folder}", "{out}/model.ckpt", "--to", "single-file"),

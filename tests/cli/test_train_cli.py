@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from latentdiff.cli import main
 from latentdiff.config import AutoencoderConfig, from_dict, tiny_config
@@ -121,6 +122,50 @@ def test_exported_model_holds_the_trained_weights(
         assert torch.equal(bundle[f"autoencoder.{key}"], tensor.half()), key
 
 
+def test_finetune_decoder_keeps_the_encoder_and_bakes_into_a_model_folder(
+    autoencoder_run: AutoencoderRun, unet_run: Path, tmp_path: Path, capsys
+) -> None:
+    """A decoder fine-tune leaves the latent space alone, so any model trained on it can take
+    the new decoder: with --vae at load time, or baked in by `convert --to latentdiff`."""
+    folder = tmp_path / "decoder"
+    status, out = train(
+        "autoencoder", *COMMON, "--size", "16", "--steps", "2", "--lr", "1e-2", "--warmup", "1",
+        "--finetune-decoder", str(autoencoder_run.folder), "--output-dir", str(folder),
+    )  # fmt: skip
+    assert status == 0 and out.startswith("autoencoder: step 2")
+    base, _ = load_weights(autoencoder_run.folder / "autoencoder.safetensors")
+    tuned, _ = load_weights(folder / "autoencoder.safetensors")
+    frozen = [k for k in base if k.startswith(("encoder.", "quant_conv."))]
+    assert frozen and all(torch.equal(tuned[k], base[k]) for k in frozen)
+    trained = [k for k in base if k.startswith(("decoder.", "post_quant_conv."))]
+    assert all(not torch.equal(tuned[k], base[k]) for k in trained)
+
+    baked = tmp_path / "baked"
+    model = unet_run / "model"
+    assert (
+        main(["convert", str(model), str(baked), "--to", "latentdiff", "--vae", str(folder)]) == 0
+    )
+    before, _ = load_weights(model / "model.safetensors")
+    after, _ = load_weights(baked / "model.safetensors")
+    assert after.keys() == before.keys()
+    for key, tensor in after.items():
+        component, _, name = key.partition(".")
+        expected = tuned[name].half() if component == "autoencoder" else before[key]
+        assert tensor.dtype == torch.float16 and torch.equal(tensor, expected), key
+    assert (baked / "config.json").read_text() == (model / "config.json").read_text()
+
+    def image(*args: str) -> np.ndarray:
+        out = tmp_path / "x.png"
+        assert main(["generate", "a red circle", "--steps", "2", "--seed", "3", "--device",
+                     "cpu", "--output", str(out), *args]) == 0  # fmt: skip
+        return np.array(Image.open(out).convert("RGB"))
+
+    with_vae = image("--model", str(model), "--vae", str(folder)).astype(int)
+    assert np.abs(image("--model", str(baked)) - with_vae).max() <= 1  # baked in fp16
+    assert np.abs(image("--model", str(model)) - with_vae).mean() > 5
+    capsys.readouterr()
+
+
 @pytest.fixture
 def broken_autoencoder(autoencoder_run: AutoencoderRun, tmp_path: Path) -> Path:
     folder = tmp_path / "broken"
@@ -137,6 +182,7 @@ def broken_autoencoder(autoencoder_run: AutoencoderRun, tmp_path: Path) -> Path:
         (["autoencoder", "--batch-size", "6", "--grad-accum", "4"], "does not split into 4"),
         (["autoencoder", "--steps", "0"], "steps must be at least 1"),
         (["autoencoder", "--size", "15"], "--size must be"),
+        (["autoencoder", "--finetune-decoder", "{tmp}/none"], "holds no finished autoencoder"),
         (["unet", "--autoencoder", "{tmp}/no-such-run"], "holds no finished autoencoder run"),
         (["unet", "--autoencoder", "{broken}"], "cannot read"),
         (["unet", "--autoencoder", "{good}", "--cache-size", "0"], "--cache-size must be"),
