@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -26,6 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="AE_RUN",
         help="start from this `train autoencoder` run and train only its decoder: the encoder, "
         "and so every latent and U-Net made with it, stays valid (as SD's fine-tuned VAEs)",
+    )
+    ae.add_argument(
+        "--edge-weight",
+        type=float,
+        default=0.0,
+        help="extra loss weight of pixels at colour edges (0: plain per-pixel loss)",
     )
     ae.set_defaults(func=run_train_autoencoder)
 
@@ -159,7 +166,10 @@ def run_train_autoencoder(args: argparse.Namespace) -> None:
     if args.size < 16 or args.size % ae_config.downsample_factor:
         raise UsageError(f"--size must be ≥ 16 and a multiple of {ae_config.downsample_factor}")
     batches = RenderedImages(config.batch_size, args.size, config.seed)
-    trainer, summary = fit(args, config, model, autoencoder_loss, batches)
+    if args.edge_weight < 0:
+        raise UsageError(f"--edge-weight must be ≥ 0, got {args.edge_weight}")
+    loss = functools.partial(autoencoder_loss, edge_weight=args.edge_weight)
+    trainer, summary = fit(args, config, model, loss, batches)
     if not trainer.dist.is_main:
         return
     output = Path(args.output_dir)

@@ -129,7 +129,7 @@ def test_finetune_decoder_keeps_the_encoder_and_bakes_into_a_model_folder(
     the new decoder: with --vae at load time, or baked in by `convert --to latentdiff`."""
     folder = tmp_path / "decoder"
     status, out = train(
-        "autoencoder", *COMMON, "--size", "16", "--steps", "2", "--lr", "1e-2", "--warmup", "1",
+        "autoencoder", *COMMON, "--size", "16", "--steps", "2", "--lr", "1e-2", "--warmup", "1", "--edge-weight", "5",
         "--finetune-decoder", str(autoencoder_run.folder), "--output-dir", str(folder),
     )  # fmt: skip
     assert status == 0 and out.startswith("autoencoder: step 2")
@@ -183,6 +183,7 @@ def broken_autoencoder(autoencoder_run: AutoencoderRun, tmp_path: Path) -> Path:
         (["autoencoder", "--steps", "0"], "steps must be at least 1"),
         (["autoencoder", "--size", "15"], "--size must be"),
         (["autoencoder", "--finetune-decoder", "{tmp}/none"], "holds no finished autoencoder"),
+        (["autoencoder", "--edge-weight", "-1"], "--edge-weight must be ≥ 0"),
         (["unet", "--autoencoder", "{tmp}/no-such-run"], "holds no finished autoencoder run"),
         (["unet", "--autoencoder", "{broken}"], "cannot read"),
         (["unet", "--autoencoder", "{good}", "--cache-size", "0"], "--cache-size must be"),

@@ -8,7 +8,12 @@ from torch import nn
 
 from latentdiff.config import tiny_config
 from latentdiff.models.autoencoder import Autoencoder
-from latentdiff.training.autoencoder import RenderedImages, autoencoder_loss, reconstruction_psnr
+from latentdiff.training.autoencoder import (
+    RenderedImages,
+    autoencoder_loss,
+    colour_edges,
+    reconstruction_psnr,
+)
 
 SIZE = 16
 
@@ -29,6 +34,31 @@ def test_loss_is_mse_plus_l1_plus_weighted_kl_per_pixel() -> None:
     expected = F.mse_loss(reconstruction, images) + F.l1_loss(reconstruction, images) + 0.5 * kl
     torch.testing.assert_close(loss, expected)
     assert kl > 0
+
+
+def test_colour_edges_mark_the_outline_of_a_flat_square() -> None:
+    images = -torch.ones(1, 3, 8, 8)
+    images[:, 0, 2:6, 2:6] = 1.0  # a red 4×4 square on black
+    edges = colour_edges(images)[0, 0]
+    ring = torch.zeros(8, 8)
+    ring[1:7, 1:7] = 1  # pixels with the other colour within one step, on either side
+    ring[3:5, 3:5] = 0
+    assert torch.equal(edges, ring)
+    assert colour_edges(torch.zeros(2, 3, 8, 8)).sum() == 0
+
+
+def test_edge_weight_weighs_edge_pixels_up() -> None:
+    model = tiny_autoencoder(kl_weight=0.0)
+    images = RenderedImages(batch_size=2, size=SIZE, seed=0)(0, 0, 1)
+    generator = torch.Generator
+    plain = autoencoder_loss(model, images, generator().manual_seed(3))
+    weighted = autoencoder_loss(model, images, generator().manual_seed(3), edge_weight=4.0)
+    reconstruction, _ = model(images, sample_posterior=True, generator=generator().manual_seed(3))
+    error = reconstruction - images
+    per_pixel = error.square() + error.abs()
+    edges = colour_edges(images)
+    assert 0 < edges.mean() < 0.5
+    torch.testing.assert_close(weighted, plain + 4.0 * (edges * per_pixel).mean())
 
 
 @dataclass
