@@ -14,6 +14,12 @@ ae_args=(--preset shapes --output-dir "$runs/ae" --batch-size 16 --lr 1e-3 --war
 latentdiff train autoencoder "${ae_args[@]}" --steps 750
 latentdiff train autoencoder "${ae_args[@]}" --steps 2000 --lr-schedule cosine
 
+# Decoder fine-tune (encoder frozen, so the latents the U-Net learns are unchanged): pixels at
+# colour edges weigh 21× in the loss, which sharpens the corners that tell squares from circles.
+latentdiff train autoencoder --finetune-decoder "$runs/ae" --edge-weight 20 \
+  --output-dir "$runs/ae_dec" --batch-size 16 --lr 2e-4 --warmup 50 --lr-schedule cosine \
+  --steps 1500 --ema-decay 0.995 --checkpoint-every 250 --no-progress
+
 # CLIP (text tower + ViT, contrastive on fresh renders): the CLIP-score model, and the frozen
 # text tower of the comparison run in docs/MODEL.md. 800 steps × 256, cosine from 5e-4.
 latentdiff train clip --output-dir "$runs/clip" --steps 800 --batch-size 256 --lr 5e-4 \
@@ -37,6 +43,9 @@ v_args=(--output-dir "$runs/unet_v" --warmup 100 --prediction-type v_prediction
 latentdiff train unet "${unet_args[@]}" "${v_args[@]}" --steps 2500
 latentdiff train unet "${unet_args[@]}" "${v_args[@]}" --steps "${V_STEPS:-5500}" --lr-schedule cosine
 
+# The bundle: stage 2's model with the fine-tuned decoder baked in.
+rm -rf "$runs/bundle"
+latentdiff convert "$runs/unet_v/model" "$runs/bundle" --to latentdiff --vae "$runs/ae_dec"
 mkdir -p latentdiff/assets/shapes latentdiff/assets/clip
-cp "$runs/unet_v/model/"{config.json,model.safetensors,tokenizer.json} latentdiff/assets/shapes/
+cp "$runs/bundle/"{config.json,model.safetensors,tokenizer.json} latentdiff/assets/shapes/
 cp "$runs/clip/"{clip.safetensors,clip_config.json,tokenizer.json} latentdiff/assets/clip/
