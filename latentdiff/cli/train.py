@@ -157,6 +157,8 @@ def run_train_autoencoder(args: argparse.Namespace) -> None:
     from latentdiff.training.checkpoint import save_weights
 
     config = train_config(args)
+    if args.edge_weight < 0:
+        raise UsageError(f"--edge-weight must be ≥ 0, got {args.edge_weight}")
     if args.finetune_decoder:
         model = load_trained_autoencoder(Path(args.finetune_decoder)).train()
         freeze_encoder(model)
@@ -166,8 +168,6 @@ def run_train_autoencoder(args: argparse.Namespace) -> None:
     if args.size < 16 or args.size % ae_config.downsample_factor:
         raise UsageError(f"--size must be ≥ 16 and a multiple of {ae_config.downsample_factor}")
     batches = RenderedImages(config.batch_size, args.size, config.seed)
-    if args.edge_weight < 0:
-        raise UsageError(f"--edge-weight must be ≥ 0, got {args.edge_weight}")
     loss = functools.partial(autoencoder_loss, edge_weight=args.edge_weight)
     trainer, summary = fit(args, config, model, loss, batches)
     if not trainer.dist.is_main:
