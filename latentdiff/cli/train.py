@@ -152,6 +152,7 @@ def run_train_autoencoder(args: argparse.Namespace) -> None:
     from latentdiff.training.autoencoder import (
         RenderedImages,
         autoencoder_loss,
+        freeze_encoder,
         reconstruction_psnr,
     )
     from latentdiff.training.checkpoint import save_weights
@@ -160,8 +161,7 @@ def run_train_autoencoder(args: argparse.Namespace) -> None:
     if args.edge_weight < 0:
         raise UsageError(f"--edge-weight must be ≥ 0, got {args.edge_weight}")
     if args.finetune_decoder:
-        model = load_trained_autoencoder(Path(args.finetune_decoder)).train()
-        freeze_encoder(model)
+        model = freeze_encoder(load_trained_autoencoder(Path(args.finetune_decoder)).train())
     else:
         model = Autoencoder(preset(args.preset).autoencoder)
     ae_config = model.config
@@ -181,14 +181,6 @@ def run_train_autoencoder(args: argparse.Namespace) -> None:
         f"autoencoder: step {summary.step}, loss {summary.final_loss}, "
         f"{summary.samples_per_s:.1f} samples/s, PSNR {psnr:.2f} dB on unseen renders"
     )
-
-
-def freeze_encoder(model) -> None:
-    """Train the decoder side only (post_quant_conv + decoder); the encoder and quant_conv,
-    which define the latent space, keep their weights."""
-    model.requires_grad_(False)
-    model.post_quant_conv.requires_grad_(True)
-    model.decoder.requires_grad_(True)
 
 
 def run_train_clip(args: argparse.Namespace) -> None:

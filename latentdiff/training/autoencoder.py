@@ -49,6 +49,15 @@ def colour_edges(images: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
     return ((highest - lowest).amax(dim=1, keepdim=True) > threshold).to(images.dtype)
 
 
+def freeze_encoder(model: Autoencoder) -> Autoencoder:
+    """`model` set to train its decoder side only (post_quant_conv + decoder): the encoder and
+    quant_conv, which define the latent space, keep their weights."""
+    model.requires_grad_(False)
+    model.post_quant_conv.requires_grad_(True)
+    model.decoder.requires_grad_(True)
+    return model
+
+
 @dataclass(frozen=True)
 class RenderedImages:
     """`batches(step, shard, num_shards)` for the trainer: each shard freshly rendered."""

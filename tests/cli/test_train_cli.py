@@ -129,8 +129,9 @@ def test_finetune_decoder_keeps_the_encoder_and_bakes_into_a_model_folder(
     the new decoder: with --vae at load time, or baked in by `convert --to latentdiff`."""
     folder = tmp_path / "decoder"
     status, out = train(
-        "autoencoder", *COMMON, "--size", "16", "--steps", "2", "--lr", "1e-2", "--warmup", "1", "--edge-weight", "5",
-        "--finetune-decoder", str(autoencoder_run.folder), "--output-dir", str(folder),
+        "autoencoder", *COMMON, "--size", "16", "--steps", "2", "--lr", "1e-2", "--warmup", "1",
+        "--edge-weight", "5", "--finetune-decoder", str(autoencoder_run.folder),
+        "--output-dir", str(folder),
     )  # fmt: skip
     assert status == 0 and out.startswith("autoencoder: step 2")
     base, _ = load_weights(autoencoder_run.folder / "autoencoder.safetensors")
