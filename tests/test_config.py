@@ -29,3 +29,14 @@ def test_context_width_must_match_text_encoder():
     config = PRESETS["tiny"]()
     with pytest.raises(ValueError, match="context_dim"):
         dataclasses.replace(config, unet=dataclasses.replace(config.unet, context_dim=32))
+
+
+def test_shapes_v2_differs_from_shapes_only_in_autoencoder_width_and_objective():
+    v1, v2 = PRESETS["shapes"](), PRESETS["shapes-v2"]()
+    assert v2.autoencoder.block_channels == (32, 64, 128)
+    assert v2.autoencoder.latent_channels == v1.autoencoder.latent_channels == 4
+    assert (v2.diffusion.prediction_type, v2.diffusion.rescale_betas_zero_snr) == (
+        "v_prediction",
+        True,
+    )
+    assert (v2.unet, v2.text_encoder, v2.sample_size) == (v1.unet, v1.text_encoder, v1.sample_size)

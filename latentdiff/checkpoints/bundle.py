@@ -23,7 +23,7 @@ from latentdiff.models.autoencoder import Autoencoder
 from latentdiff.models.text_encoder import TextEncoder
 from latentdiff.models.tokenizer import PromptTokenizer
 from latentdiff.models.unet import UNet
-from latentdiff.training.checkpoint import load_weights, save_weights
+from latentdiff.training.checkpoint import load_module_state, load_weights, save_weights
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -154,3 +154,11 @@ def read_autoencoder_run(folder: str | os.PathLike) -> tuple[AutoencoderConfig, 
         raise UsageError(f"cannot read {config_path}: {error}") from None
     state, _ = load_weights(weights_path)
     return config, state
+
+
+def load_autoencoder_run(folder: str | os.PathLike) -> Autoencoder:
+    """The autoencoder a finished `train autoencoder` run wrote, as a frozen module (EMA weights)."""
+    config, state = read_autoencoder_run(folder)
+    model = Autoencoder(config)
+    load_module_state(model, state, Path(folder))
+    return model.eval().requires_grad_(False)

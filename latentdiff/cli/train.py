@@ -146,7 +146,11 @@ def preset(name: str):
 
 
 def run_train_autoencoder(args: argparse.Namespace) -> None:
-    from latentdiff.checkpoints.bundle import AUTOENCODER_CONFIG_FILE, AUTOENCODER_FILE
+    from latentdiff.checkpoints.bundle import (
+        AUTOENCODER_CONFIG_FILE,
+        AUTOENCODER_FILE,
+        load_autoencoder_run,
+    )
     from latentdiff.fileio import write_json
     from latentdiff.models.autoencoder import Autoencoder
     from latentdiff.training.autoencoder import (
@@ -161,7 +165,7 @@ def run_train_autoencoder(args: argparse.Namespace) -> None:
     if args.edge_weight < 0:
         raise UsageError(f"--edge-weight must be ≥ 0, got {args.edge_weight}")
     if args.finetune_decoder:
-        model = freeze_encoder(load_trained_autoencoder(Path(args.finetune_decoder)).train())
+        model = freeze_encoder(load_autoencoder_run(args.finetune_decoder).train())
     else:
         model = Autoencoder(preset(args.preset).autoencoder)
     ae_config = model.config
@@ -217,19 +221,8 @@ def run_train_clip(args: argparse.Namespace) -> None:
     )
 
 
-def load_trained_autoencoder(run_dir: Path):
-    """The (EMA) weights and config written by `train autoencoder`, as a frozen module."""
-    from latentdiff.checkpoints.bundle import read_autoencoder_run
-    from latentdiff.models.autoencoder import Autoencoder
-    from latentdiff.training.checkpoint import load_module_state
-
-    config, state = read_autoencoder_run(run_dir)
-    model = Autoencoder(config)
-    load_module_state(model, state, run_dir)
-    return model.eval().requires_grad_(False)
-
-
 def run_train_unet(args: argparse.Namespace) -> None:
+    from latentdiff.checkpoints.bundle import load_autoencoder_run
     from latentdiff.devices import resolve_device
     from latentdiff.models.tokenizer import Tokenizer, build_world_tokenizer
     from latentdiff.models.unet import UNet
@@ -251,7 +244,7 @@ def run_train_unet(args: argparse.Namespace) -> None:
         raise UsageError(f"--cond-drop must be a probability, got {args.cond_drop}")
     model_config = with_objective(preset(args.preset), args)
     init = read_init_model(args.init_from, model_config) if args.init_from else None
-    autoencoder = load_trained_autoencoder(Path(args.autoencoder))
+    autoencoder = load_autoencoder_run(args.autoencoder)
     if autoencoder.config.latent_channels != model_config.unet.in_channels:
         raise UsageError(
             f"the autoencoder makes {autoencoder.config.latent_channels}-channel latents; "

@@ -34,8 +34,7 @@ def decode_latents(
     z = from_diffusion_latents(z, components.config.autoencoder)
     autoencoder = components.autoencoder
     x = autoencoder.decode_tiled(z) if tiled else autoencoder.decode(z)
-    pixels = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return [Image.fromarray(image) for image in pixels.permute(0, 2, 3, 1).cpu().numpy()]
+    return [Image.fromarray(image) for image in tensor_to_images(x)]
 
 
 @torch.no_grad()
@@ -48,6 +47,12 @@ def encode_images(components: Components, images: torch.Tensor) -> torch.Tensor:
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (B, H, W, 3) → float (B, 3, H, W) in [-1, 1]."""
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def tensor_to_images(x: torch.Tensor) -> np.ndarray:
+    """float (B, 3, H, W) in [-1, 1] → uint8 (B, H, W, 3), as a saved PNG holds it."""
+    pixels = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def seeded_generators(seeds: list[int]) -> list[torch.Generator]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from latentdiff.models.autoencoder import Autoencoder
-from latentdiff.pipelines.common import images_to_tensor
+from latentdiff.pipelines.common import images_to_tensor, tensor_to_images
 from latentdiff.training.trainer import derive_seed
 from latentdiff.world.render import render_batch
 
@@ -81,10 +82,10 @@ def reconstruction_psnr(
     images, _ = render_batch(n, size, derive_seed(_EVAL_DATA, seed))
     psnrs = []
     for start in range(0, n, batch_size):
-        x = images_to_tensor(images[start : start + batch_size]).to(device)
-        reconstruction, _ = model(x)
+        originals = images[start : start + batch_size]
+        reconstruction, _ = model(images_to_tensor(originals).to(device))
         # Quantise as a saved PNG would be, then compare in 8-bit units.
-        pixels = ((reconstruction.clamp(-1, 1) + 1) * 127.5).round()
-        mse = (pixels - (x + 1) * 127.5).square().mean(dim=(1, 2, 3)).clamp_min(1e-10)
+        error = tensor_to_images(reconstruction).astype(np.float64) - originals
+        mse = torch.from_numpy(np.square(error).mean(axis=(1, 2, 3))).clamp_min(1e-10)
         psnrs.extend((10 * torch.log10(255.0**2 / mse)).tolist())
     return sum(psnrs) / len(psnrs)

@@ -14,6 +14,7 @@ from latentdiff.pipelines.common import (
     encode_prompt,
     images_to_tensor,
     seeded_noise,
+    tensor_to_images,
 )
 from latentdiff.pipelines.request import GenerationRequest
 from latentdiff.pipelines.txt2img import resolve_seeds, txt2img_latents
@@ -102,6 +103,13 @@ def test_images_to_tensor_maps_uint8_to_minus_one_one() -> None:
     x = images_to_tensor(images)
     assert x.shape == (1, 3, 1, 1)
     torch.testing.assert_close(x.flatten(), torch.tensor([-1.0, 1.0, 51 / 127.5 - 1]))
+
+
+def test_tensor_to_images_clamps_rounds_and_inverts_images_to_tensor() -> None:
+    images = np.random.default_rng(0).integers(0, 256, (2, 5, 4, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(tensor_to_images(images_to_tensor(images)), images)
+    x = torch.tensor([-3.0, 1.5, 0.0, 0.003]).reshape(1, 1, 2, 2).expand(1, 3, 2, 2)
+    assert tensor_to_images(x)[0, :, :, 0].tolist() == [[0, 255], [128, 128]]
 
 
 def test_encode_images_scales_the_posterior_mode(components: Components) -> None:
