@@ -347,7 +347,7 @@ def with_objective(model_config, args: argparse.Namespace):
         raise UsageError(f"--zero-terminal-snr: {error}") from None
     if diffusion.rescale_betas_zero_snr and args.weighting == "min_snr":
         # min(SNR, γ)/(SNR + 1) is 0 at SNR = 0: t = T, the step zero SNR exists for, unlearned.
-        raise UsageError("--zero-terminal-snr: min-SNR weights t = T by 0; add --weighting none")
+        raise UsageError("zero terminal SNR: min-SNR weights t = T by 0; add --weighting none")
     return dataclasses.replace(model_config, diffusion=diffusion)
 
 

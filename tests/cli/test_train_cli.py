@@ -202,6 +202,7 @@ def broken_autoencoder(autoencoder_run: AutoencoderRun, tmp_path: Path) -> Path:
             ],
             "add --weighting none",
         ),
+        (["unet", "--preset", "shapes-v2", "--autoencoder", "{good}"], "add --weighting none"),
         (["unet", "--autoencoder", "{good}", "--init-from", "{tmp}/nothing"], "nothing"),
         (["unet", "--autoencoder", "{good}", "--init-from", "{good}"], "model folder"),
     ],
