@@ -86,6 +86,6 @@ def reconstruction_psnr(
         reconstruction, _ = model(images_to_tensor(originals).to(device))
         # Quantise as a saved PNG would be, then compare in 8-bit units.
         error = tensor_to_images(reconstruction).astype(np.float64) - originals
-        mse = torch.from_numpy(np.square(error).mean(axis=(1, 2, 3))).clamp_min(1e-10)
-        psnrs.extend((10 * torch.log10(255.0**2 / mse)).tolist())
+        mse = np.maximum(np.square(error).mean(axis=(1, 2, 3)), 1e-10)
+        psnrs.extend((10 * np.log10(255.0**2 / mse)).tolist())
     return sum(psnrs) / len(psnrs)
