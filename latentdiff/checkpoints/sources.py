@@ -183,7 +183,7 @@ def components_from_weights(
         for key, tensor in state.items():  # one tensor at a time: its original is freed at once
             if tensor.is_floating_point():
                 state[key] = tensor.to(dtype)
-        load_module_state(module, state, f"{source} [{name}]", assign=True)
+        load_module_state(module, state, f"{source} [{name}]", assign=True, dtype=dtype)
         weights.states[name] = {}  # the module owns the tensors now
         module.to(device).eval().requires_grad_(False)
     return Components(config=weights.config, tokenizer=load_tokenizer(weights), **modules)
