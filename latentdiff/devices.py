@@ -30,3 +30,18 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if device.index is not None and device.index >= torch.cuda.device_count():
         raise UsageError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+"""The dtypes a model may run in or be written as, by their short names (`--dtype`)."""
+
+
+def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    """ "fp32", "fp16", "bf16" (or the torch dtype itself) → a checked floating torch dtype."""
+    if isinstance(name, torch.dtype):
+        if name not in DTYPES.values():
+            raise UsageError(f"unsupported dtype {name} (use one of {', '.join(DTYPES)})")
+        return name
+    if name not in DTYPES:
+        raise UsageError(f"unknown dtype {name!r} (use one of {', '.join(DTYPES)})")
+    return DTYPES[name]

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from latentdiff.devices import resolve_device
+from latentdiff.cli.checkpoints import DTYPE_NAMES
+from latentdiff.devices import DTYPES, resolve_device, resolve_dtype
 from latentdiff.errors import UsageError
 
 
@@ -25,3 +26,22 @@ def test_unknown_or_unavailable_is_a_usage_error(name):
 def test_cuda_without_cuda_is_a_usage_error():
     with pytest.raises(UsageError, match="CUDA is not available"):
         resolve_device("cuda")
+
+
+@pytest.mark.parametrize(
+    "name, dtype",
+    [("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)]
+    + [(dtype, dtype) for dtype in (torch.float32, torch.float16, torch.bfloat16)],
+)
+def test_resolve_dtype(name, dtype):
+    assert resolve_dtype(name) is dtype
+
+
+@pytest.mark.parametrize("name", ["float8", "FP16", "", torch.float64, torch.int8])
+def test_unknown_or_unsupported_dtype_is_a_usage_error(name):
+    with pytest.raises(UsageError, match="dtype"):
+        resolve_dtype(name)
+
+
+def test_the_cli_offers_exactly_the_known_dtypes():
+    assert DTYPE_NAMES == tuple(DTYPES)

@@ -8,7 +8,8 @@ from typing import Any
 
 from latentdiff.errors import UsageError
 
-DTYPES = ("keep", "fp32", "fp16", "bf16")
+# Names only: the CLI imports torch lazily (latentdiff.devices.DTYPES maps them to dtypes).
+DTYPE_NAMES = ("fp32", "fp16", "bf16")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     convert.add_argument("output", help="folder (--to diffusers|latentdiff) or .safetensors file")
     convert.add_argument("--to", required=True, choices=("diffusers", "single-file", "latentdiff"))
-    convert.add_argument("--dtype", default="keep", choices=DTYPES, help="weights dtype")
+    convert.add_argument(
+        "--dtype", default="keep", choices=("keep", *DTYPE_NAMES), help="weights dtype"
+    )
     add_load_options(convert)
     convert.set_defaults(func=run_convert)
 
@@ -88,11 +91,9 @@ def run_info(args: argparse.Namespace) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> None:
-    import torch
-
     from latentdiff.checkpoints.sources import LoadOptions, read_model, write_model
+    from latentdiff.devices import resolve_dtype
 
-    dtype = {"keep": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     output = Path(args.output)
     if output.exists() and (output.is_file() or any(output.iterdir())):
         raise UsageError(f"{output} exists; choose a new output path")
@@ -102,5 +103,10 @@ def run_convert(args: argparse.Namespace) -> None:
             f"{args.input}: convert writes latentdiff folders from latentdiff folders, and "
             "diffusers folders and single files from Stable Diffusion checkpoints"
         )
-    write_model(weights, output, to=args.to, dtype=dtype[args.dtype])
+    write_model(
+        weights,
+        output,
+        to=args.to,
+        dtype=None if args.dtype == "keep" else resolve_dtype(args.dtype),
+    )
     print(f"wrote {output} ({args.to})")

@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from latentdiff.cli.checkpoints import add_load_options, load_options
+from latentdiff.cli.checkpoints import DTYPE_NAMES, add_load_options, load_options
 from latentdiff.errors import UsageError
 from latentdiff.pipelines.request import SCHEDULES, GenerationRequest
 
@@ -50,6 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--outdir", default=None, help="folder for 00000.png, 00001.png, …")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument(
+        "--dtype", default="fp32", choices=DTYPE_NAMES,
+        help="what the model computes in (fp16 halves a GPU's memory; the sampler stays fp32)",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
         "--attention-slice", type=int, default=None, metavar="N",
@@ -87,7 +91,9 @@ def run_generate(args: argparse.Namespace) -> None:
     paths = plan_paths(args, len(request.prompts))
     if args.attention_slice is not None and args.attention_slice < 1:
         raise UsageError(f"--attention-slice must be at least 1, got {args.attention_slice}")
-    pipeline = load_pipeline(args.model, device=args.device, **load_options(args))
+    pipeline = load_pipeline(
+        args.model, device=args.device, torch_dtype=args.dtype, **load_options(args)
+    )
     pipeline.vae_tiling = args.vae_tiling
     if args.attention_slice:
         pipeline.enable_attention_slicing(args.attention_slice)

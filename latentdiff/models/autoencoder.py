@@ -165,11 +165,13 @@ class Autoencoder(nn.Module):
         self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 1)
         self.decoder = Decoder(config)
 
+    # Inputs are cast to the module's own dtype, so a half-precision autoencoder takes fp32
+    # images and latents as they come; outputs stay in that dtype.
     def encode(self, x: Tensor) -> DiagonalGaussian:
-        return DiagonalGaussian(self.quant_conv(self.encoder(x)))
+        return DiagonalGaussian(self.quant_conv(self.encoder(x.to(self.quant_conv.weight.dtype))))
 
     def decode(self, z: Tensor) -> Tensor:
-        return self.decoder(self.post_quant_conv(z))
+        return self.decoder(self.post_quant_conv(z.to(self.post_quant_conv.weight.dtype)))
 
     def decode_tiled(self, z: Tensor, tile: int = 64, overlap: int = 16) -> Tensor:
         """`decode` in overlapping tiles of ≤ tile×tile latent pixels, blended linearly in overlaps.

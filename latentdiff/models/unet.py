@@ -150,6 +150,9 @@ class UNet(nn.Module):
     ) -> Tensor:
         """`class_labels` (B,) only for a U-Net with `num_class_embeds` (the upscaler's noise
         level), whose embedding is added to the timestep's."""
+        # A half-precision U-Net takes the sampler's fp32 latents and context as they come.
+        dtype = self.conv_in.weight.dtype
+        x, context = x.to(dtype), context.to(dtype)
         t = torch.as_tensor(t, device=x.device).expand(x.shape[0])
         features = timestep_embedding(
             t, self.config.block_channels[0], flip_sin_to_cos=self.config.flip_sin_to_cos

@@ -39,9 +39,10 @@ def decode_latents(
 
 @torch.no_grad()
 def encode_images(components: Components, images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1], (B, 3, H, W) → diffusion-space latents (normalised posterior mode)."""
+    """Images in [-1, 1], (B, 3, H, W) → diffusion-space latents (normalised posterior mode),
+    in fp32 whatever the autoencoder's dtype, as the samplers keep their state."""
     posterior = components.autoencoder.encode(images)
-    return to_diffusion_latents(posterior.mode(), components.config.autoencoder)
+    return to_diffusion_latents(posterior.mode().float(), components.config.autoencoder)
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from latentdiff.checkpoints.bundle import Components
 from latentdiff.checkpoints.sources import LoadOptions, load_model
-from latentdiff.devices import resolve_device
+from latentdiff.devices import resolve_device, resolve_dtype
 from latentdiff.diffusion.schedules import SchedulerSettings
 from latentdiff.models.attention import set_attention_slice
 from latentdiff.pipelines.common import decode_latents
@@ -147,12 +147,19 @@ def request_for_image(request: GenerationRequest, k: int) -> GenerationRequest:
 
 
 def load_pipeline(
-    name_or_path: str | os.PathLike = "shapes", device: str = "auto", **options: Any
+    name_or_path: str | os.PathLike = "shapes",
+    device: str = "auto",
+    torch_dtype: torch.dtype | str = torch.float32,
+    **options: Any,
 ) -> Pipeline:
     """Load the bundled model by name (default "shapes"), a latentdiff or diffusers folder, or
-    an original Stable Diffusion single file. `options` are `LoadOptions` fields, e.g.
-    `tokenizer=` (a CLIP tokenizer folder, which a single file lacks) or `prediction_type=`."""
-    components, scheduler = load_model(name_or_path, resolve_device(device), LoadOptions(**options))
+    an original Stable Diffusion single file. `torch_dtype` (a dtype or "fp32", "fp16", "bf16")
+    is what the modules compute in; the sampler's latents stay fp32. `options` are
+    `LoadOptions` fields, e.g. `tokenizer=` (a CLIP tokenizer folder, which a single file
+    lacks) or `prediction_type=`."""
+    dtype = resolve_dtype(torch_dtype)
+    load_options = LoadOptions(**options)
+    components, scheduler = load_model(name_or_path, resolve_device(device), load_options, dtype)
     path = Path(name_or_path)
     return Pipeline(
         components=components,

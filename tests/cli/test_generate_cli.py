@@ -51,6 +51,28 @@ def test_single_prompt_writes_the_png_with_its_parameters(
     assert np.array_equal(pixels, np.array(expected))
 
 
+def test_dtype_runs_the_model_in_half_precision(tiny_model_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "half.png"
+    assert generate(tiny_model_dir, "a red circle", "--seed", "5", "--dtype", "bf16",
+                    "--output", str(output)) == 0  # fmt: skip
+    half = load_pipeline(tiny_model_dir, device="cpu", torch_dtype="bf16")
+    (expected,) = half("a red circle", num_inference_steps=2, sampler="ddim", seed=5)
+    assert np.array_equal(read_png(output)[0], np.array(expected))
+
+
+def test_unknown_dtype_is_one_line_exit_2(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(
+        SystemExit
+    ) as exit_info:  # argparse's choices, one line (cli.ArgumentParser)
+        generate(tiny_model_dir, "a", "--dtype", "fp64", "--output", str(tmp_path / "x.png"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "argument --dtype: invalid choice: 'fp64'" in err
+    assert pngs_under(tmp_path) == []
+
+
 def test_size_schedule_and_num_images(tiny_model_dir: Path, tmp_path: Path) -> None:
     output = tmp_path / "wide.png"
     status = generate(
