@@ -194,10 +194,11 @@ def autoencoder_to_compvis(
 
 
 def autoencoder_from_compvis(
-    state: Mapping[str, Tensor], config: AutoencoderConfig
+    state: Mapping[str, Tensor], config: AutoencoderConfig, prefix: str = VAE_PREFIX
 ) -> dict[str, Tensor]:
-    """`first_stage_model.*` weights (without the unused `loss.*`) → latentdiff weights."""
-    return _rename(state, _vae_keys(config), to_compvis=False)
+    """`first_stage_model.*` weights (without the unused `loss.*`) → latentdiff weights;
+    `prefix=""` reads a standalone VAE file (`encoder.*`, `decoder.*`, …)."""
+    return _rename(state, _vae_keys(config, prefix), to_compvis=False)
 
 
 def _vae_prefixes(config: AutoencoderConfig) -> Prefixes:
@@ -241,11 +242,11 @@ def _vae_prefixes(config: AutoencoderConfig) -> Prefixes:
 
 
 @functools.lru_cache(maxsize=8)
-def _vae_keys(config: AutoencoderConfig) -> KeyMap:
+def _vae_keys(config: AutoencoderConfig, prefix: str = VAE_PREFIX) -> KeyMap:
     with torch.device("meta"):
         state = Autoencoder(config).state_dict()
     pairs = []
-    for ours, theirs, shape, _ in _key_map(state, _vae_prefixes(config), VAE_PREFIX):
+    for ours, theirs, shape, _ in _key_map(state, _vae_prefixes(config), prefix):
         # CompVis' AttnBlock projects with 1×1 convolutions: the same matrices, two more dims.
         conv = re.search(r"\.mid\.attn_1\.(q|k|v|proj_out)\.weight$", theirs) is not None
         pairs.append((ours, theirs, shape, shape + (1, 1) if conv else shape))

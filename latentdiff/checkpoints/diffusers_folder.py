@@ -61,6 +61,7 @@ from latentdiff.checkpoints.transformers_layout import (
     transformers_clip_text_config,
 )
 from latentdiff.config import (
+    AutoencoderConfig,
     DiffusionConfig,
     ModelConfig,
     TextEncoderConfig,
@@ -129,12 +130,7 @@ def read_diffusers_folder(
         "unet": _read_component(
             folder / UNET, DIFFUSERS_WEIGHTS, variant, lambda s: unet_from_diffusers(s, config.unet)
         ),
-        "autoencoder": _read_component(
-            folder / VAE,
-            DIFFUSERS_WEIGHTS,
-            variant,
-            lambda s: autoencoder_from_diffusers(s, config.autoencoder),
-        ),
+        "autoencoder": read_autoencoder_weights(folder / VAE, config.autoencoder, variant),
         "text_encoder": _read_component(
             folder / TEXT_ENCODER,
             TRANSFORMERS_WEIGHTS,
@@ -148,15 +144,14 @@ def read_diffusers_folder(
 def _read_configs(
     folder: Path, special_ids: Mapping[str, int]
 ) -> tuple[ModelConfig, SchedulerSettings]:
-    files = {name: folder / name / CONFIG for name in (UNET, VAE, TEXT_ENCODER)} | {
+    files = {name: folder / name / CONFIG for name in (UNET, TEXT_ENCODER)} | {
         SCHEDULER: folder / SCHEDULER / SCHEDULER_CONFIG
     }
     data = {name: read_json(path) for name, path in files.items()}
+    autoencoder = read_autoencoder_config(folder / VAE)
     with config_errors_in(files[UNET]):
         unet = unet_config_from_diffusers(data[UNET])
         latent_size = optional_int(data[UNET], "sample_size")
-    with config_errors_in(files[VAE]):
-        autoencoder = autoencoder_config_from_diffusers(data[VAE])
     with config_errors_in(files[TEXT_ENCODER]):
         text_encoder = text_encoder_config_from_transformers(
             data[TEXT_ENCODER], pad_token_id=special_ids.get("pad_token")
@@ -176,6 +171,32 @@ def _read_configs(
         raise UsageError(
             f"{folder}: the components' configs do not fit together: {error}"
         ) from None
+
+
+def read_autoencoder_config(folder: Path) -> AutoencoderConfig:
+    """An `AutoencoderKL` folder's config.json (a diffusers SD folder's `vae/`, `sd-vae-ft-mse`)."""
+    data = read_json(folder / CONFIG)
+    with config_errors_in(folder / CONFIG):
+        return autoencoder_config_from_diffusers(data)
+
+
+def read_autoencoder_weights(
+    folder: Path, config: AutoencoderConfig, variant: str | None = None
+) -> dict[str, Tensor]:
+    """An `AutoencoderKL` folder's weights (safetensors, sharded or legacy `.bin`, `*.{variant}.*`
+    if a variant is given) in latentdiff's key layout."""
+    return _read_component(
+        folder, DIFFUSERS_WEIGHTS, variant, lambda s: autoencoder_from_diffusers(s, config)
+    )
+
+
+def holds_variant(directory: Path, variant: str) -> bool:
+    """Whether a diffusers model folder holds weights of this variant (`*.fp16.safetensors`, …)."""
+    try:
+        _weights_path(directory, DIFFUSERS_WEIGHTS, variant)
+    except UsageError:
+        return False
+    return True
 
 
 def special_token_ids(tokenizer_dir: str | os.PathLike) -> dict[str, int]:

@@ -104,7 +104,7 @@ def read_single_file(
     path = Path(path)
     _check_choice("version", version, VERSIONS)
     _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
-    with _open_weights(path) as (shapes, metadata, load):
+    with open_weights(path) as (shapes, metadata, load):
         try:
             _check_layout(shapes)
             config = _resolve_config(shapes, metadata, version, prediction_type, inpainting)
@@ -117,7 +117,7 @@ def read_single_file(
 
 def records_config(path: str | os.PathLike) -> bool:
     """Whether the file carries latentdiff's config (so nothing about it was guessed)."""
-    with _open_weights(Path(path)) as (_, metadata, _):
+    with open_weights(Path(path)) as (_, metadata, _):
         return CONFIG_METADATA_KEY in metadata
 
 
@@ -377,7 +377,7 @@ def _strip(shapes: Shapes, prefix: str) -> dict[str, Sequence[int]]:
 
 
 @contextlib.contextmanager
-def _open_weights(path: Path) -> Iterator[tuple[dict[str, torch.Size], dict[str, str], Loader]]:
+def open_weights(path: Path) -> Iterator[tuple[dict[str, torch.Size], dict[str, str], Loader]]:
     """(key → shape, metadata, load(key)) of a weights file; a bad file is a UsageError."""
     if not path.is_file():
         raise UsageError(f"no such file: {path}")

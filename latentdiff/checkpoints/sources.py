@@ -15,7 +15,7 @@ own size (an fp16 file costs its fp32 copy plus the fp16 tensors not yet cast).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +28,6 @@ from latentdiff.checkpoints.bundle import (
     WEIGHTS_FILE,
     Components,
     build_modules,
-    read_autoencoder_run,
     resolve_model_path,
     take_prefix,
     write_model_folder,
@@ -70,9 +69,12 @@ class LoadOptions:
     variant: str | None = None
     """A diffusers weight variant, e.g. "fp16" for `*.fp16.safetensors`."""
     vae: str | os.PathLike | None = None
-    """An autoencoder to use instead of the checkpoint's: a `latentdiff train autoencoder` run
-    folder, e.g. one whose decoder was fine-tuned (`--finetune-decoder`). Its architecture must
-    be the checkpoint's; the checkpoint's latent normalisation is kept. Stored as a `Path`."""
+    """An autoencoder to use instead of the checkpoint's (vae_sources.py): a `latentdiff train
+    autoencoder` run folder (e.g. `--finetune-decoder`), a diffusers AutoencoderKL folder (e.g.
+    sd-vae-ft-mse, or an SD folder's `vae/`; `variant` where it has one) or a VAE single file
+    in the CompVis or diffusers layout (e.g. vae-ft-mse-840000-ema-pruned.safetensors). Its
+    architecture must be the checkpoint's; the checkpoint's latent normalisation is kept.
+    Stored as a `Path`."""
 
     def __post_init__(self) -> None:
         for name in ("tokenizer", "vae"):  # a str from the command line or a Python caller
@@ -137,25 +139,18 @@ def read_model(name_or_path: str | os.PathLike, options: LoadOptions | None = No
     else:
         weights = _read_single_file(path, options)
     if options.vae is not None:
-        _replace_autoencoder(weights, options.vae)
+        _replace_autoencoder(weights, options.vae, options.variant)
     return weights
 
 
-def _replace_autoencoder(weights: ModelWeights, vae: Path) -> None:
-    """Swap in the autoencoder of a `train autoencoder` run (same architecture), keeping the
+def _replace_autoencoder(weights: ModelWeights, vae: Path, variant: str | None) -> None:
+    """Swap in another autoencoder of the same architecture (vae_sources.py), keeping the
     checkpoint's latent normalisation, which its U-Net was trained with."""
-    config, state = read_autoencoder_run(vae)
-    ours = weights.config.autoencoder
-    normalisation = {"scaling_factor", "latents_mean", "latents_std", "kl_weight"}
-    differ = [
-        f.name
-        for f in fields(config)
-        if f.name not in normalisation and getattr(config, f.name) != getattr(ours, f.name)
-    ]
-    if differ:
-        raise UsageError(f"--vae {vae}: its {differ[0]} differs from {weights.path}'s autoencoder")
+    from latentdiff.checkpoints.vae_sources import read_vae
+
+    state, kind = read_vae(vae, weights.config.autoencoder, variant=variant, model=weights.path)
     weights.states["autoencoder"] = state
-    weights.notes.append(f"autoencoder weights from {vae}")
+    weights.notes.append(f"autoencoder weights from {vae} ({kind})")
 
 
 def resolve_checkpoint_path(name_or_path: str | os.PathLike) -> Path:

@@ -65,8 +65,9 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", default=None, help='diffusers weight variant, e.g. "fp16"')
     parser.add_argument(
         "--vae", default=None,
-        help="use this `train autoencoder` run's autoencoder (same architecture), e.g. a "
-        "fine-tuned decoder",
+        help="use this autoencoder instead of the model's (same architecture): a `train "
+        "autoencoder` run, a diffusers AutoencoderKL folder (e.g. sd-vae-ft-mse) or an SD VAE "
+        "file (e.g. vae-ft-mse-840000-ema-pruned.safetensors)",
     )  # fmt: skip
 
 

@@ -335,9 +335,9 @@ BAD_INPUTS = {  # case: (arguments, expected message); {out} already holds keep.
         ("convert", "{folder}", "{out}/new", "--to", "latentdiff"),
         "convert writes latentdiff folders from latentdiff folders",
     ),
-    "vae not an autoencoder run": (
+    "vae not an autoencoder": (
         ("info", "shapes", "--vae", "{out}"),
-        "out holds no finished autoencoder run (autoencoder.safetensors)",
+        "out holds no autoencoder: expected a finished `train autoencoder` run",
     ),
     "single file not .safetensors": (
         ("convert", "{folder}", "{out}/model.ckpt", "--to", "single-file"),
