@@ -4,7 +4,9 @@ Writes a random full-size checkpoint once (an original single file, fp16 and fp3
 each in a fresh process, then reads every page of the weights (memory-mapped weights count
 only once read) — latentdiff's `load_model` (modules built on the meta device, tensors
 assigned, cast one at a time) and, with `--diffusers`, diffusers' `from_single_file` with the
-same config folder — and prints each process's peak RSS minus its RSS after the imports.
+same config folder — and prints each process's peak RSS minus its RSS after the imports. Each
+file is loaded into fp32 modules, and the fp16 file also into fp16 ones (`--dtype fp16`,
+diffusers' `torch_dtype=torch.float16`).
 
     python benchmarks/load_memory.py [--preset sd15] [--workdir /tmp/load-memory] [--diffusers]
 """
@@ -26,18 +28,19 @@ def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-path, tokenizer, library, config = sys.argv[1:5]
+path, tokenizer, library, config, dtype = sys.argv[1:6]
+dtype = getattr(torch, dtype)
 if library == "diffusers":
     os.environ["HF_HUB_OFFLINE"] = "1"
     from diffusers import StableDiffusionPipeline
 before = rss()
 if library == "latentdiff":
-    components, _ = load_model(path, torch.device("cpu"), LoadOptions(tokenizer=tokenizer))
+    components, _ = load_model(path, torch.device("cpu"), LoadOptions(tokenizer=tokenizer), dtype)
     weights = sum(p.numel() * p.element_size() for m in components.modules().values()
                   for p in m.parameters())
 else:
     pipe = StableDiffusionPipeline.from_single_file(path, config=config, safety_checker=None,
-                                                    torch_dtype=torch.float32)
+                                                    torch_dtype=dtype)
     weights = sum(p.numel() * p.element_size() for m in (pipe.unet, pipe.vae, pipe.text_encoder)
                   for p in m.parameters())
 # Touch one value per 4 KiB page of every parameter: memory-mapped weights count once read.
@@ -61,18 +64,19 @@ def main() -> None:
         f"{args.preset}, random weights; peak RSS of the load, then of reading every weight page, above "
         "the RSS after imports"
     )
-    for path in files:
+    fp16, fp32 = files
+    for path, dtype in ((fp32, "float32"), (fp16, "float32"), (fp16, "float16")):
         size = path.stat().st_size
         for library in ("latentdiff", "diffusers") if args.diffusers else ("latentdiff",):
             out = subprocess.run(
-                [sys.executable, "-c", CHILD, str(path), str(tokenizer), library, str(folder)],
+                [sys.executable, "-c", CHILD, str(path), str(tokenizer), library, str(folder), dtype],
                 capture_output=True, text=True, check=True,
             )  # fmt: skip
             result = json.loads(out.stdout.strip().splitlines()[-1])
             peak, weights = result["peak_minus_start"], result["weights"]
             print(
                 f"  {path.name:<24} file {size / 2**30:5.2f} GiB  {library:<10} peak "
-                f"{peak / 2**30:5.2f} GiB for {weights / 2**30:5.2f} GiB of fp32 weights "
+                f"{peak / 2**30:5.2f} GiB for {weights / 2**30:5.2f} GiB of {dtype} weights "
                 f"({peak / weights:.2f}×)"
             )
 
