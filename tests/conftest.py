@@ -41,3 +41,23 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def sd_tokenizer_folder():
     """`sd_tokenizer_folder(folder, pad_token)` writes a CLIP tokenizer folder with a byte-level vocabulary (`write_byte_level_tokenizer`)."""
     return write_byte_level_tokenizer
+
+
+@pytest.fixture(scope="session")
+def assert_autoencoder_baked_in():
+    """A check that `baked` (a latentdiff folder written by `convert --vae`) is `model` with its
+    autoencoder replaced by `autoencoder` (latentdiff keys): every tensor fp16, config unchanged
+    (the model's latent scaling kept)."""
+    from latentdiff.training.checkpoint import load_weights
+
+    def check(model: Path, baked: Path, autoencoder: dict[str, torch.Tensor]) -> None:
+        before, _ = load_weights(model / "model.safetensors")
+        after, _ = load_weights(baked / "model.safetensors")
+        assert after.keys() == before.keys()
+        for key, tensor in after.items():
+            component, _, name = key.partition(".")
+            expected = autoencoder[name].half() if component == "autoencoder" else before[key]
+            assert tensor.dtype == torch.float16 and torch.equal(tensor, expected), key
+        assert (baked / "config.json").read_text() == (model / "config.json").read_text()
+
+    return check

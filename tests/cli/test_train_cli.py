@@ -123,8 +123,9 @@ def test_exported_model_holds_the_trained_weights(
 
 
 def test_finetune_decoder_keeps_the_encoder_and_bakes_into_a_model_folder(
-    autoencoder_run: AutoencoderRun, unet_run: Path, tmp_path: Path, capsys
-) -> None:
+    autoencoder_run: AutoencoderRun, unet_run: Path, tmp_path: Path, capsys,
+    assert_autoencoder_baked_in,
+) -> None:  # fmt: skip
     """A decoder fine-tune leaves the latent space alone, so any model trained on it can take
     the new decoder: with --vae at load time, or baked in by `convert --to latentdiff`."""
     folder = tmp_path / "decoder"
@@ -146,14 +147,7 @@ def test_finetune_decoder_keeps_the_encoder_and_bakes_into_a_model_folder(
     assert (
         main(["convert", str(model), str(baked), "--to", "latentdiff", "--vae", str(folder)]) == 0
     )
-    before, _ = load_weights(model / "model.safetensors")
-    after, _ = load_weights(baked / "model.safetensors")
-    assert after.keys() == before.keys()
-    for key, tensor in after.items():
-        component, _, name = key.partition(".")
-        expected = tuned[name].half() if component == "autoencoder" else before[key]
-        assert tensor.dtype == torch.float16 and torch.equal(tensor, expected), key
-    assert (baked / "config.json").read_text() == (model / "config.json").read_text()
+    assert_autoencoder_baked_in(model, baked, tuned)
 
     def image(*args: str) -> np.ndarray:
         out = tmp_path / "x.png"
