@@ -7,6 +7,10 @@ which is what diffusers' pipelines call, read from a checkpoint's `tokenizer/` f
 (`vocab.json` + `merges.txt` + `special_tokens_map.json` + `tokenizer_config.json`, or a
 `tokenizer.json` written by transformers). This module only adapts it to `PromptTokenizer`.
 
+transformers 5's `CLIPTokenizer` is this Rust-backed tokenizer, and the tests check parity
+with it; on transformers 4 the same tokenizer is `CLIPTokenizerFast` (what is loaded here),
+whose ids for some non-ASCII text differ from 4's pure-Python `CLIPTokenizer`.
+
 The padding token is the folder's own: SD 1.x pads with `<|endoftext|>` (= eos), SD 2.x with
 "!" (id 0); the U-Net has seen that padding in every prompt it was trained on.
 """
@@ -32,7 +36,7 @@ class CLIPTokenizer:
 
     max_chunks = None
 
-    def __init__(self, tokenizer: transformers.CLIPTokenizer) -> None:
+    def __init__(self, tokenizer: transformers.CLIPTokenizerFast) -> None:
         ids = [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id]
         if None in ids or tokenizer.bos_token_id == tokenizer.eos_token_id:
             raise ValueError("a CLIP tokenizer needs distinct bos and eos tokens and a pad token")
@@ -42,7 +46,7 @@ class CLIPTokenizer:
         self._backend = tokenizer.backend_tokenizer
 
     @property
-    def transformers_tokenizer(self) -> transformers.CLIPTokenizer:
+    def transformers_tokenizer(self) -> transformers.CLIPTokenizerFast:
         """The wrapped tokenizer (to save it beside a converted checkpoint, for instance)."""
         return self._tokenizer
 
@@ -83,10 +87,12 @@ class CLIPTokenizer:
         has_bpe_files = (folder / VOCAB_FILE).is_file() and (folder / MERGES_FILE).is_file()
         if not (has_bpe_files or (folder / TOKENIZER_FILE).is_file()):
             raise UsageError(f"no CLIP tokenizer at {folder}: needs {VOCAB_FILE} and {MERGES_FILE}")
-        from transformers import CLIPTokenizer as TransformersCLIPTokenizer  # 2 s import
+        # The fast (Rust-backed) class by its name on transformers 4 and 5 alike: 4's
+        # `CLIPTokenizer` is the pure-Python one, without the `backend_tokenizer` used here.
+        from transformers import CLIPTokenizerFast  # 2 s import
 
         try:
-            tokenizer = TransformersCLIPTokenizer.from_pretrained(folder, local_files_only=True)
+            tokenizer = CLIPTokenizerFast.from_pretrained(folder, local_files_only=True)
             return cls(tokenizer)
         except Exception as error:  # JSON, I/O and library errors alike mean a broken folder
             raise UsageError(
