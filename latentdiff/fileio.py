@@ -30,11 +30,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
         raise
 
 
-def atomic_folder(folder: str | os.PathLike, write: Callable[[Path], object]) -> None:
-    """Call `write(tmp_folder)` on a fresh folder, then rename it onto `folder`, which must be
-    absent or empty: a crash leaves either no folder or a complete one."""
+def atomic_folder(
+    folder: str | os.PathLike, write: Callable[[Path], object], *, overwrite: bool = False
+) -> None:
+    """Call `write(tmp_folder)` on a fresh folder, then rename it onto `folder`: a crash leaves
+    the previous folder (or none), never half of a new one. `folder` must be absent or empty
+    unless `overwrite` (e.g. a training run's `model/`, replaced at every checkpoint)."""
     folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+    if not overwrite and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise UsageError(f"{folder} already exists and is not empty; refusing to overwrite it")
     tmp = temporary_name(folder)
     shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process with the same pid
@@ -42,11 +45,23 @@ def atomic_folder(folder: str | os.PathLike, write: Callable[[Path], object]) ->
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         write(tmp)
-        os.replace(tmp, folder)  # onto nothing or an empty folder
+        replace_folder(tmp, folder)
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
         raise_unwritable(folder, error)
         raise
+
+
+def replace_folder(src: Path, dst: Path) -> None:
+    """Rename `src` to `dst`. A folder cannot be renamed onto a non-empty one, so an existing
+    `dst` is set aside first and deleted after: a crash in between leaves no `dst`."""
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    old = temporary_name(dst.with_name(dst.name + ".old"))
+    os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old)
 
 
 def raise_unwritable(path: Path, error: BaseException) -> None:

@@ -34,11 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0.0,
         help="extra loss weight of pixels at colour edges (0: plain per-pixel loss)",
     )
-    ae.set_defaults(func=run_train_autoencoder)
+    ae.set_defaults(func=leaving_process_group(run_train_autoencoder))
 
     clip = tasks.add_parser("clip", help="train the CLIP model contrastively on rendered pairs")
     add_common_arguments(clip, steps=3000, batch_size=128, lr=5e-4)
-    clip.set_defaults(func=run_train_clip)
+    clip.set_defaults(func=leaving_process_group(run_train_clip))
 
     unet = tasks.add_parser("unet", help="train the text-conditional U-Net on cached latents")
     add_common_arguments(unet, steps=20000, batch_size=64, lr=3e-4)
@@ -71,7 +71,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="start a new run from this model folder's U-Net (and jointly trained text "
         "encoder) weights, e.g. to fine-tune with another objective; ignored when resuming",
     )
-    unet.set_defaults(func=run_train_unet)
+    unet.set_defaults(func=leaving_process_group(run_train_unet))
+
+
+def leaving_process_group(run):
+    """`run(args)`, then leave torchrun's process group (joined by the Trainer), however it ended."""
+
+    @functools.wraps(run)
+    def run_and_shut_down(args: argparse.Namespace) -> None:
+        try:
+            run(args)
+        finally:
+            from latentdiff.training.distributed import shutdown_distributed
+
+            shutdown_distributed()
+
+    return run_and_shut_down
 
 
 def add_common_arguments(
@@ -101,10 +116,14 @@ def add_common_arguments(
 
 
 def train_config(args: argparse.Namespace):
+    """The TrainConfig of the flags, checked as the Trainer will check it, before anything is
+    written (`train unet` encodes its latent cache long before the Trainer starts)."""
     from latentdiff.config import TrainConfig
+    from latentdiff.training.distributed import launched_world_size
+    from latentdiff.training.trainer import check_shards
 
     try:
-        return TrainConfig(
+        config = TrainConfig(
             steps=args.steps,
             batch_size=args.batch_size,
             learning_rate=args.lr,
@@ -118,13 +137,15 @@ def train_config(args: argparse.Namespace):
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
+    check_shards(config, launched_world_size())
+    return config
 
 
-def fit(args: argparse.Namespace, config, model, loss_fn, batches, on_checkpoint=None):
-    """Train `model` in `--output-dir` (resuming it) with the shared Trainer → (trainer, summary)."""
+def make_trainer(args: argparse.Namespace, config, model, loss_fn, batches, on_checkpoint=None):
+    """The shared Trainer for `model` in `--output-dir`, resumed from its latest checkpoint."""
     from latentdiff.training.trainer import Trainer
 
-    trainer = Trainer(
+    return Trainer(
         model,
         loss_fn,
         batches,
@@ -134,7 +155,21 @@ def fit(args: argparse.Namespace, config, model, loss_fn, batches, on_checkpoint
         progress=not args.no_progress,
         on_checkpoint=on_checkpoint,
     )
-    return trainer, trainer.fit()
+
+
+def fit(args: argparse.Namespace, trainer):
+    """`trainer.fit()`; a diverged run is the user's hyper-parameters, so one line, no traceback.
+
+    The Trainer stops before it checkpoints non-finite values, so a rerun resumes from the last
+    good checkpoint.
+    """
+    try:
+        return trainer.fit()
+    except FloatingPointError as error:
+        raise UsageError(
+            f"training diverged: {error}; rerun with a lower --lr than {args.lr:g} to continue "
+            "from the last checkpoint"
+        ) from None
 
 
 def preset(name: str):
@@ -173,7 +208,8 @@ def run_train_autoencoder(args: argparse.Namespace) -> None:
         raise UsageError(f"--size must be ≥ 16 and a multiple of {ae_config.downsample_factor}")
     batches = RenderedImages(config.batch_size, args.size, config.seed)
     loss = functools.partial(autoencoder_loss, edge_weight=args.edge_weight)
-    trainer, summary = fit(args, config, model, loss, batches)
+    trainer = make_trainer(args, config, model, loss, batches)
+    summary = fit(args, trainer)
     if not trainer.dist.is_main:
         return
     output = Path(args.output_dir)
@@ -206,7 +242,8 @@ def run_train_clip(args: argparse.Namespace) -> None:
         tokenizer,
         clip_config.text.context_length,
     )
-    trainer, summary = fit(args, config, model, clip_objective, batches)
+    trainer = make_trainer(args, config, model, clip_objective, batches)
+    summary = fit(args, trainer)
     if not trainer.dist.is_main:
         return
     model.load_state_dict(trainer.final_state_dict())
@@ -297,13 +334,18 @@ def run_train_unet(args: argparse.Namespace) -> None:
         autoencoder=cache.autoencoder_config(autoencoder.config),
     )
 
-    def on_checkpoint(trainer: Trainer, _: Path) -> None:
+    def export(trainer: Trainer, _: Path | None = None) -> None:
         # model/ is the latest; snapshots/ keep one per checkpoint for the learning curve.
         for folder in (output / "model", output / "snapshots" / f"step_{trainer.step:06d}"):
             export_bundle(trainer, model_config, autoencoder, tokenizer, folder)
 
     batches = cache.batches(config.batch_size, config.seed)
-    trainer, summary = fit(args, config, model, objective, batches, on_checkpoint=on_checkpoint)
+    trainer = make_trainer(args, config, model, objective, batches, on_checkpoint=export)
+    if trainer.dist.is_main and trainer.step > 0:
+        # A kill between a checkpoint and its export left model/ stale or missing: export the
+        # checkpoint resumed from again (a finished run's rerun trains no step to export it).
+        export(trainer)
+    summary = fit(args, trainer)
     if trainer.dist.is_main:
         print(
             f"unet: step {summary.step}, loss {summary.final_loss}, "

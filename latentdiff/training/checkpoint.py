@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from latentdiff.errors import UsageError
-from latentdiff.fileio import atomic_write, raise_unwritable, temporary_name
+from latentdiff.fileio import atomic_folder, atomic_write
 
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -152,16 +152,8 @@ def save_checkpoint(checkpoints_dir: str | os.PathLike, checkpoint: Checkpoint, 
     root = Path(checkpoints_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(checkpoint.step)
-    tmp = temporary_name(final)
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process with the same pid
-    try:
-        tmp.mkdir()
-        _write_files(tmp, checkpoint)
-        _replace_dir(tmp, final)
-    except BaseException as error:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise_unwritable(final, error)
-        raise
+    # overwrite: a step re-run after a resume from an earlier checkpoint replaces its folder.
+    atomic_folder(final, lambda tmp: _write_files(tmp, checkpoint), overwrite=True)
     atomic_write(root / LATEST_FILE, lambda p: p.write_text(final.name + "\n"))
     _prune(root, checkpoint.step, keep)
     return final
@@ -178,17 +170,6 @@ def _write_files(folder: Path, checkpoint: Checkpoint) -> None:
 
 def _cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: tensor.detach().to("cpu").contiguous() for key, tensor in state.items()}
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename `src` to `dst`; an existing `dst` (a step re-run after a resume) is set aside first."""
-    if dst.exists():
-        old = temporary_name(dst.with_name(dst.name + ".old"))
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old)
-    else:
-        os.replace(src, dst)
 
 
 def _prune(root: Path, current_step: int, keep: int) -> None:

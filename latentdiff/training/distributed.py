@@ -35,13 +35,18 @@ class Distributed:
         return self.world_size > 1
 
 
+def launched_world_size() -> int:
+    """The number of processes torchrun started (1 without torchrun), known before joining."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
     """Join torchrun's process group (once) and pick this process's device.
 
     Gloo on CPU, NCCL on CUDA; an index-less "cuda" becomes cuda:LOCAL_RANK so that the
     processes on one machine use one GPU each.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launched_world_size()
     if world_size == 1:
         return Distributed(), device
     context = Distributed(

@@ -125,6 +125,20 @@ def shard_indices(
     return indices
 
 
+def check_shards(config: TrainConfig, world_size: int) -> int:
+    """The number of shards a step's batch is split into: one per micro-batch per process.
+
+    A UsageError if they cannot be equal; the CLI calls this before it writes anything.
+    """
+    num_shards = world_size * config.grad_accum_steps
+    if config.batch_size % num_shards:
+        raise UsageError(
+            f"batch_size {config.batch_size} does not split into {num_shards} equal shards "
+            f"({world_size} processes × {config.grad_accum_steps} micro-batches)"
+        )
+    return num_shards
+
+
 @contextlib.contextmanager
 def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch's global RNG (CPU and this CUDA device) inside the block; restore it after."""
@@ -189,12 +203,7 @@ class Trainer:
         on_checkpoint: Callable[[Trainer, Path], None] | None = None,
     ) -> None:
         self.dist, self.device = init_distributed(resolve_device(device))
-        self.num_shards = self.dist.world_size * config.grad_accum_steps
-        if config.batch_size % self.num_shards:
-            raise UsageError(
-                f"batch_size {config.batch_size} does not split into {self.num_shards} equal "
-                f"shards ({self.dist.world_size} processes × {config.grad_accum_steps} micro-batches)"
-            )
+        self.num_shards = check_shards(config, self.dist.world_size)
         self.config, self.loss_fn, self.batches = config, loss_fn, batches
         self.progress, self.on_checkpoint = progress, on_checkpoint
         self.output_dir = _make_dir(Path(output_dir))
@@ -294,7 +303,7 @@ class Trainer:
         """Append the window's mean loss (over all processes) to loss.jsonl; return it."""
         loss = all_reduce_mean(window.loss_sum / window.steps, self.dist).item()
         if not math.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss} at step {self.step}; stopping")
+            raise FloatingPointError(f"loss is {loss} at step {self.step}")
         lr = learning_rate_at(self.step - 1, self.config)
         samples_per_s = window.steps * self.config.batch_size / (time.perf_counter() - window.start)
         if self.dist.is_main:
@@ -322,6 +331,10 @@ class Trainer:
         )
 
     def _save_checkpoint(self) -> None:
+        # A finite loss does not prove finite weights (its step's update comes after it); a
+        # checkpoint of NaN weights would make every resume diverge again.
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise FloatingPointError(f"the weights are not finite after step {self.step}")
         if self.dist.is_main:
             checkpoint = Checkpoint(
                 step=self.step,

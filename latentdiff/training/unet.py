@@ -20,6 +20,7 @@ from tqdm import tqdm
 from latentdiff.checkpoints.bundle import Components, save_components
 from latentdiff.config import AutoencoderConfig, DiffusionConfig, ModelConfig
 from latentdiff.errors import UsageError
+from latentdiff.fileio import atomic_folder
 from latentdiff.models.autoencoder import Autoencoder, to_diffusion_latents
 from latentdiff.models.text_encoder import TextEncoder
 from latentdiff.models.tokenizer import Tokenizer
@@ -180,10 +181,11 @@ def export_bundle(
     tokenizer: Tokenizer,
     folder: Path,
 ) -> None:
-    """Write the model folder `load_pipeline` reads, with the trainer's (EMA) weights."""
+    """Write (or replace) the model folder `load_pipeline` reads, with the trainer's (EMA)
+    weights; through a temporary folder, so that a kill mid-export leaves no half model."""
     trained = LatentDiffusionModel(
         UNet(config.unet), TextEncoder(config.text_encoder), train_text_encoder=False
     )
     trained.load_state_dict(trainer.final_state_dict())
     components = Components(config, autoencoder, trained.unet, trained.text_encoder, tokenizer)
-    save_components(components, folder)
+    atomic_folder(folder, lambda tmp: save_components(components, tmp), overwrite=True)

@@ -199,6 +199,10 @@ def broken_autoencoder(autoencoder_run: AutoencoderRun, tmp_path: Path) -> Path:
         (["unet", "--preset", "shapes-v2", "--autoencoder", "{good}"], "add --weighting none"),
         (["unet", "--autoencoder", "{good}", "--init-from", "{tmp}/nothing"], "nothing"),
         (["unet", "--autoencoder", "{good}", "--init-from", "{good}"], "model folder"),
+        (
+            ["unet", "--autoencoder", "{good}", "--batch-size", "6", "--grad-accum", "4"],
+            "does not split into 4",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2(
@@ -222,6 +226,110 @@ def test_bad_input_is_one_line_exit_2(
     assert not (tmp_path / "run" / "loss.jsonl").exists()
     if args[0] == "unet":  # checked before the run folder is made
         assert not (tmp_path / "run").exists()
+
+
+def test_batch_that_does_not_split_over_the_torchrun_processes_is_refused_first(
+    autoencoder_run: AutoencoderRun,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "3")  # as torchrun sets it; checked before joining a group
+    status, _ = train(
+        "unet", *COMMON, "--autoencoder", str(autoencoder_run.folder),
+        "--output-dir", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert status == 2
+    assert "batch_size 4 does not split into 3 equal shards (3 processes" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def unet_rerun(autoencoder_run: AutoencoderRun, folder: Path, *args: str) -> tuple[int, str]:
+    """`unet_run`'s command again, in `folder`."""
+    return train(
+        "unet", *COMMON, "--autoencoder", str(autoencoder_run.folder), "--cache-size", "32",
+        "--steps", "3", "--output-dir", str(folder), *args,
+    )  # fmt: skip
+
+
+def test_rerun_of_a_run_killed_before_its_final_export_exports_it(
+    autoencoder_run: AutoencoderRun, unet_run: Path, tmp_path: Path
+) -> None:
+    """Killed after the last checkpoint, before its export: model/ is the step-2 one and
+    snapshots/step_000003 is missing. The rerun trains no step, yet exports step 3."""
+    folder = tmp_path / "run"
+    shutil.copytree(unet_run, folder)
+    shutil.rmtree(folder / "model")
+    shutil.copytree(folder / "snapshots" / "step_000002", folder / "model")
+    shutil.rmtree(folder / "snapshots" / "step_000003")
+
+    status, out = unet_rerun(autoencoder_run, folder)
+    assert status == 0 and out.startswith("unet: step 3, loss None"), out
+    ema, _ = load_weights(folder / "checkpoints" / "step_000003" / "ema.safetensors")
+    for exported in (folder / "model", folder / "snapshots" / "step_000003"):
+        bundle, _ = load_weights(exported / "model.safetensors")
+        for key, tensor in ema.items():
+            assert torch.equal(bundle[key], tensor.half()), (exported, key)
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
+
+
+def test_an_export_cut_short_leaves_the_previous_model_folder(
+    autoencoder_run: AutoencoderRun,
+    unet_run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    folder = tmp_path / "run"
+    shutil.copytree(unet_run, folder)
+    before = {p.name: p.read_bytes() for p in (folder / "model").iterdir()}
+
+    def killed_midway(components, model_folder: Path) -> None:
+        (model_folder / "model.safetensors").write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("latentdiff.training.unet.save_components", killed_midway)
+    assert unet_rerun(autoencoder_run, folder)[0] == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (folder / "model").iterdir()} == before
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
+
+
+def test_divergence_is_one_line_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "run"
+    args = ["autoencoder", *COMMON, "--size", "16", "--output-dir", str(folder)]
+    assert train(*args, "--steps", "2")[0] == 0
+    checkpoint = folder / "checkpoints" / "step_000002"
+    good = {p.name: p.read_bytes() for p in checkpoint.iterdir()}
+    capsys.readouterr()
+
+    # Step 3's update at lr 1e30 blows the weights up; step 4's loss is NaN.
+    status, _ = train(*args, "--steps", "4", "--lr", "1e30", "--warmup", "0")
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "latentdiff train: error: training diverged: loss is nan at step 4; rerun with a lower "
+        "--lr than 1e+30 to continue from the last checkpoint\n"
+    )
+    assert (folder / "checkpoints" / "latest").read_text() == "step_000002\n"
+    assert {p.name: p.read_bytes() for p in checkpoint.iterdir()} == good
+    assert [r["step"] for r in loss_records(folder)] == [2]
+
+
+def test_train_leaves_the_process_group_it_was_in(tmp_path: Path, capsys) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        status = main(["train", "autoencoder", "--size", "15", "--output-dir", str(tmp_path)])
+        assert status == 2  # it failed, and still left the group
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    capsys.readouterr()
 
 
 def test_init_from_fine_tunes_a_model_with_a_zero_terminal_snr_v_objective(

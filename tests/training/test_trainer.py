@@ -11,6 +11,7 @@ from latentdiff.config import TrainConfig
 from latentdiff.errors import UsageError
 from latentdiff.training.trainer import (
     Trainer,
+    check_shards,
     learning_rate_at,
     move_to,
     shard_indices,
@@ -249,12 +250,38 @@ def test_batch_must_split_into_equal_shards(tmp_path):
         make_trainer(tmp_path, replace(CONFIG, batch_size=6, grad_accum_steps=4))
 
 
+def test_shards_count_processes_and_micro_batches():
+    assert check_shards(replace(CONFIG, batch_size=8, grad_accum_steps=2), world_size=2) == 4
+    with pytest.raises(UsageError, match=r"into 3 equal shards \(3 processes × 1 micro"):
+        check_shards(CONFIG, world_size=3)
+
+
 def test_non_finite_loss_stops_training(tmp_path):
     def nan_loss(model, batch, generator):
         return model(batch["x"]).sum() * float("nan")
 
     with pytest.raises(FloatingPointError, match="step 2"):
         make_trainer(tmp_path, loss_fn=nan_loss).fit()
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path):
+    """A NaN gradient under a finite loss: the step's checkpoint is refused, the last kept."""
+
+    def nan_gradient_loss(model, batch, generator):
+        out = model(batch["x"])
+        return ((out - batch["y"]) ** 2).mean() + torch.sqrt(0 * out.sum())  # d√u/du = ∞ at 0
+
+    config = replace(CONFIG, steps=2, checkpoint_every=1)
+    make_trainer(tmp_path, config).fit()
+    good = (tmp_path / "checkpoints" / "step_000002" / "model.safetensors").read_bytes()
+    trainer = make_trainer(tmp_path, replace(config, steps=4), loss_fn=nan_gradient_loss)
+    with pytest.raises(FloatingPointError, match="weights are not finite after step 3"):
+        trainer.fit()
+    assert [r["step"] for r in log_records(tmp_path)] == [1, 2, 3]  # step 3's loss was finite
+    checkpoints = tmp_path / "checkpoints"
+    assert (checkpoints / "latest").read_text() == "step_000002\n"
+    assert not (checkpoints / "step_000003").exists()
+    assert (checkpoints / "step_000002" / "model.safetensors").read_bytes() == good
 
 
 @pytest.mark.parametrize(
