@@ -43,12 +43,6 @@ Format = Literal["latentdiff", "diffusers", "single-file"]
 COMPONENTS = tuple(COMPONENT_CLASSES)
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 
-# What Stable Diffusion's own scheduler configs say (SD 1.x and 2.x alike): "leading" timesteps
-# offset by 1 for DDIM/DDPM, no `timestep_spacing` key, so Euler/Heun/DPM-Solver use their
-# class default ("linspace") in diffusers. A single file carries no scheduler config, and
-# diffusers' `from_single_file` falls back to these.
-SD_SCHEDULER = SchedulerSettings(spacing=None, steps_offset=1, set_alpha_to_one=False)
-
 
 @dataclass(frozen=True)
 class LoadOptions:
@@ -264,7 +258,7 @@ def _read_single_file(path: Path, options: LoadOptions) -> ModelWeights:
             "(512-px base and inpainting models: --prediction-type epsilon)"
         )
     return ModelWeights(
-        config, states, SD_SCHEDULER, options.tokenizer, "single-file", path, notes=notes
+        config, states, SchedulerSettings(), options.tokenizer, "single-file", path, notes=notes
     )
 
 

@@ -178,14 +178,17 @@ def get_sigmas(
 
 @dataclass(frozen=True)
 class SchedulerSettings:
-    """How to discretise σ at inference; the defaults are Stable Diffusion v1's scheduler config.
+    """How to discretise σ at inference; the defaults are Stable Diffusion's own scheduler
+    config (SD 1.x and 2.x alike: "leading" timesteps offset by 1 for DDIM/DDPM, no
+    `timestep_spacing` key, so Euler/Heun/DPM-Solver take their class default, "linspace").
 
-    A checkpoint without a scheduler config therefore samples as diffusers samples SD 1.x.
+    A checkpoint without a scheduler config (a single file, say) therefore samples as diffusers
+    samples SD, whose `from_single_file` falls back to the same settings.
     `from_diffusers_config` reads a diffusers `scheduler_config.json` so that each sampler then
     equals the diffusers scheduler of the same name built from that file.
     """
 
-    spacing: Spacing | None = "leading"
+    spacing: Spacing | None = None
     """Timestep spacing; None means the default of the diffusers scheduler class behind each
     sampler ("leading" for DDPM/DDIM, "linspace" for Euler, Heun and DPM-Solver), which is what
     diffusers does with a config file that has no `timestep_spacing` key (SD 1.x's, for one)."""

@@ -211,11 +211,9 @@ def test_scheduler_config_is_sd_explicit_and_gives_diffusers_timesteps(written):
     data = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     assert data["_class_name"] == "PNDMScheduler"
     assert data["prediction_type"] == "v_prediction"
-    assert (data["timestep_spacing"], data["steps_offset"], data["set_alpha_to_one"]) == (
-        "leading",
-        1,
-        False,
-    )
+    # SD's own config: no timestep_spacing (each scheduler class keeps its default), offset 1.
+    assert "timestep_spacing" not in data
+    assert (data["steps_offset"], data["set_alpha_to_one"]) == (1, False)
     assert (data["clip_sample"], data["skip_prk_steps"], data["use_karras_sigmas"]) == (
         False,
         True,

@@ -18,9 +18,10 @@ from PIL import Image
 from latentdiff.checkpoints.bundle import random_weights
 from latentdiff.checkpoints.diffusers_folder import drop_unused_text_layer, write_diffusers_folder
 from latentdiff.checkpoints.single_file import write_single_file
-from latentdiff.checkpoints.sources import SD_SCHEDULER, read_model
+from latentdiff.checkpoints.sources import read_model
 from latentdiff.cli import main
 from latentdiff.config import DiffusionConfig, ModelConfig, tiny_config
+from latentdiff.diffusion.schedules import SchedulerSettings
 
 VOCAB_SIZE = 514  # conftest's byte-level CLIP vocabulary
 EOS_ID = 513
@@ -95,7 +96,7 @@ def models(tmp_path_factory: pytest.TempPathFactory, sd_tokenizer_folder) -> dic
         tokenizer = sd_tokenizer_folder(root / f"{name}-tokenizer", PAD_TOKENS[name])
         folder, single_file = root / name, root / f"{name}.safetensors"
         write_diffusers_folder(
-            folder, config, states, scheduler=SD_SCHEDULER, tokenizer_dir=tokenizer
+            folder, config, states, scheduler=SchedulerSettings(), tokenizer_dir=tokenizer
         )
         write_single_file(single_file, config, states)
         result[name] = Checkpoint(config, states, folder, single_file, tokenizer)

@@ -137,9 +137,9 @@ def test_karras_sigmas_follow_equation_5():
 
 def test_sd15_scheduler_config_samples_as_diffusers_from_config():
     scheduler = SchedulerSettings.from_diffusers_config(SD15_SCHEDULER_CONFIG)
-    assert scheduler == SchedulerSettings(
-        spacing=None, steps_offset=1, karras=False, set_alpha_to_one=False
-    )
+    explicit = SchedulerSettings(spacing=None, steps_offset=1, karras=False, set_alpha_to_one=False)
+    # The defaults are SD's config: a checkpoint without one samples as diffusers samples SD.
+    assert scheduler == explicit == SchedulerSettings()
     config = diffusion_config_from_diffusers(SD15_SCHEDULER_CONFIG)
     assert config == DiffusionConfig(prediction_type="epsilon", **SD_BETAS)
     # A key the file lacks takes the default of the class built from it: DPM-Solver's "linspace".
