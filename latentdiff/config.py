@@ -216,6 +216,11 @@ class ModelConfig:
         downsampling, so that every U-Net level halves the latent exactly."""
         return self.autoencoder.downsample_factor * 2 ** (len(self.unet.block_channels) - 1)
 
+    @property
+    def is_inpainting(self) -> bool:
+        """SD's inpainting U-Nets take the noisy latents, a mask and the masked image's latents."""
+        return self.unet.in_channels == 2 * self.autoencoder.latent_channels + 1
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -148,7 +148,7 @@ def detect_config(
         text_encoder = _detect_text_encoder(shapes, layout, base)
         is_inpainting = unet.in_channels == 2 * autoencoder.latent_channels + 1
         if inpainting is not None and inpainting != is_inpainting:
-            raise UsageError(_inpainting_mismatch(unet.in_channels))
+            raise UsageError(inpainting_mismatch(unet.in_channels))
         if prediction_type is None:
             prediction_type = (
                 "v_prediction" if version == "sd2" and not is_inpainting else "epsilon"
@@ -191,7 +191,7 @@ def _resolve_config(
         )
     is_inpainting = stored.unet.in_channels != stored.autoencoder.latent_channels
     if inpainting is not None and inpainting != is_inpainting:
-        raise UsageError(_inpainting_mismatch(stored.unet.in_channels))
+        raise UsageError(inpainting_mismatch(stored.unet.in_channels))
     if prediction_type is not None:
         diffusion = dataclasses.replace(stored.diffusion, prediction_type=prediction_type)
         stored = dataclasses.replace(stored, diffusion=diffusion)
@@ -240,7 +240,7 @@ def _select_keys(shapes: Shapes, config: ModelConfig, use_ema: bool) -> dict[str
     return sources
 
 
-def _inpainting_mismatch(in_channels: int) -> str:
+def inpainting_mismatch(in_channels: int) -> str:
     kind = "an inpainting" if in_channels == 9 else "not an inpainting"
     return f"the U-Net takes {in_channels} input channels: {kind} model"
 

@@ -126,15 +126,26 @@ def read_model(name_or_path: str | os.PathLike, options: LoadOptions | None = No
     options = options or LoadOptions()
     path = resolve_checkpoint_path(name_or_path)
     kind = detect_format(path)
-    if kind == "latentdiff":
-        weights = _read_latentdiff(path, options)
-    elif kind == "diffusers":
-        weights = _read_diffusers(path, options)
-    else:
+    if kind == "single-file":
         weights = _read_single_file(path, options)
+    else:
+        _check_folder_options(options)
+        weights = (_read_latentdiff if kind == "latentdiff" else _read_diffusers)(path, options)
+        if options.inpainting is not None and options.inpainting != weights.config.is_inpainting:
+            from latentdiff.checkpoints.single_file import inpainting_mismatch
+
+            raise UsageError(f"{path}: {inpainting_mismatch(weights.config.unet.in_channels)}")
     if options.vae is not None:
         _replace_autoencoder(weights, options.vae, options.variant)
     return weights
+
+
+def _check_folder_options(options: LoadOptions) -> None:
+    """A folder's config states its version and holds no EMA copy: options that only choose
+    among a single file's readings are refused rather than silently ignored."""
+    for given, name in ((options.version is not None, "version"), (options.use_ema, "ema")):
+        if given:
+            raise UsageError(f"--{name} applies to single files only; folders say it themselves")
 
 
 def _replace_autoencoder(weights: ModelWeights, vae: Path, variant: str | None) -> None:
@@ -315,8 +326,7 @@ def write_model(
 def sd_version(config: ModelConfig) -> str:
     """The Stable Diffusion family a config belongs to, by its text-context width."""
     family = {768: "SD 1.x", 1024: "SD 2.x"}.get(config.unet.context_dim, "latentdiff")
-    inpainting = config.unet.in_channels == 2 * config.autoencoder.latent_channels + 1
-    return f"{family} inpainting" if inpainting else family
+    return f"{family} inpainting" if config.is_inpainting else family
 
 
 def describe(weights: ModelWeights) -> list[str]:
