@@ -106,7 +106,7 @@ def _is_pure_noise(sigma: Tensor) -> bool:
 
 
 def _denoise(denoiser: DenoiseFn, x: Tensor, sigma: Tensor) -> Tensor:
-    """D(x, σ) with σ broadcast to the batch, keeping σ's own (float64) precision."""
+    """D(x, σ) with σ broadcast to the batch, in σ's own dtype (the pipelines pass fp32)."""
     return denoiser(x, sigma.to(x.device).expand(x.shape[0]))
 
 
