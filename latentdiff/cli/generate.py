@@ -97,20 +97,20 @@ def run_generate(args: argparse.Namespace) -> None:
     pipeline.vae_tiling = args.vae_tiling
     if args.attention_slice:
         pipeline.enable_attention_slicing(args.attention_slice)
-    request.validate(pipeline.components.config.size_multiple, tuple(SAMPLERS))
-    progress = tqdm(total=len(paths) * args.steps, unit="step", disable=args.no_progress)
+    # Every check before the progress bar, so that bad input is exactly one line on stderr.
+    pipeline.check(request)
+    with tqdm(total=len(paths) * args.steps, unit="step", disable=args.no_progress) as progress:
 
-    def advance(info: dict) -> None:
-        # A step's callback sees the whole chunk's latents: advance by the images it holds.
-        progress.update(info["x"].shape[0])
+        def advance(info: dict) -> None:
+            # A step's callback sees the whole chunk's latents: advance by the images it holds.
+            progress.update(info["x"].shape[0])
 
-    for start, images, parameters in pipeline.generate_batched(
-        request, args.batch_size, callback=advance
-    ):
-        outputs = paths[start : start + len(images)]
-        for image, text, path in zip(images, parameters, outputs, strict=True):
-            save_png(image, text, path)
-    progress.close()
+        for start, images, parameters in pipeline.generate_batched(
+            request, args.batch_size, callback=advance
+        ):
+            outputs = paths[start : start + len(images)]
+            for image, text, path in zip(images, parameters, outputs, strict=True):
+                save_png(image, text, path)
 
 
 def plan_prompts(args: argparse.Namespace) -> list[str]:

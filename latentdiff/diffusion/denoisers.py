@@ -11,12 +11,14 @@ variance-exploding space x = x0 + σ·ε, σ = √((1−ᾱ)/ᾱ), where x = x_t
         (√ᾱ·x_t = x/(σ²+1) since x_t = x/√(σ²+1))
   denoised = c_skip · x + c_out · unet(c_in · x, t(σ), context)
 
-These scalings live only here.
+These scalings live only here. Inpainting U-Nets take extra input channels (mask and masked-image
+latents) concatenated after c_in · x; those are conditioning, not part of x, so they are not scaled.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -26,8 +28,16 @@ from latentdiff.diffusion.schedules import get_training_sigmas
 
 UNet = Callable[[Tensor, Tensor, Tensor], Tensor]
 """unet(x_t, t, context) → ε or v, with x_t (B, C, H, W) and float timesteps t (B,)."""
-ConditionalDenoiseFn = Callable[[Tensor, Tensor, Tensor], Tensor]
-"""D(x, σ (B,), context) → denoised, e.g. a `Denoiser`."""
+
+
+class ConditionalDenoiseFn(Protocol):
+    """D(x, σ (B,), context, concat) → denoised, e.g. a `Denoiser`."""
+
+    def __call__(
+        self, x: Tensor, sigma: Tensor, context: Tensor, concat: Tensor | None = None
+    ) -> Tensor: ...
+
+
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 """D(x, σ (B,)) → denoised: what samplers call (context bound, e.g. by `cfg_denoiser`)."""
 
@@ -62,13 +72,20 @@ class Denoiser:
         self.num_train = config.num_train_timesteps
         self.quantize = quantize
 
-    def __call__(self, x: Tensor, sigma: Tensor, context: Tensor) -> Tensor:
-        """x (B, C, H, W) at noise levels sigma (B,) → denoised (B, C, H, W)."""
+    def __call__(
+        self, x: Tensor, sigma: Tensor, context: Tensor, concat: Tensor | None = None
+    ) -> Tensor:
+        """x (B, C, H, W) at noise levels sigma (B,) → denoised (B, C, H, W).
+
+        `concat` (B, C', H, W) are extra U-Net input channels put after c_in·x, as they are
+        (an inpainting model's mask and masked-image latents, C' = C + 1).
+        """
         c_skip, c_out, c_in = (c.to(x.dtype)[:, None, None, None] for c in self.scalings(sigma))
         t = self.sigma_to_t(sigma)
         # Timesteps stay at least float32: a half type cannot even hold 999 exactly.
         t = t.to(torch.promote_types(x.dtype, torch.float32))
-        return c_skip * x + c_out * self.unet(c_in * x, t, context)
+        x_in = c_in * x if concat is None else torch.cat([c_in * x, concat.to(x.dtype)], dim=1)
+        return c_skip * x + c_out * self.unet(x_in, t, context)
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
         """Fractional timestep of σ, linear in log σ between training steps (as k-diffusion).

@@ -21,25 +21,29 @@ def cfg_denoiser(
     uncond: Tensor,
     guidance_scale: float,
     *,
+    concat: Tensor | None = None,
     guidance_rescale: float = 0.0,
     c_skip: Callable[[Tensor], Tensor] | None = None,
 ) -> DenoiseFn:
     """D'(x, σ) = D(x, σ, uncond) + s · (D(x, σ, cond) − D(x, σ, uncond)), in one batch.
 
     At s = 1 this is D(x, σ, cond), so the unconditional half is not computed at all.
+    `concat` (B, C', H, W), the extra U-Net input of inpainting models, is the same for both
+    halves: the image to repaint is no part of what guidance contrasts (as diffusers, A1111).
     `guidance_rescale` φ > 0 rescales the guided U-Net output towards the conditional one's
     standard deviation (Lin et al. 2024, §3.4; diffusers' `guidance_rescale`); it needs the
     denoiser's `c_skip(σ)`, since the U-Net output is D − c_skip·x up to a per-sample factor.
     """
     if guidance_scale == 1:
-        return lambda x, sigma: denoiser(x, sigma, cond)
+        return lambda x, sigma: denoiser(x, sigma, cond, concat)
     if guidance_rescale and c_skip is None:
         raise ValueError("guidance_rescale needs the denoiser's c_skip")
 
     context = torch.cat([uncond, cond])
+    concat_in = None if concat is None else torch.cat([concat, concat])
 
     def guided(x: Tensor, sigma: Tensor) -> Tensor:
-        denoised = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), context)
+        denoised = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), context, concat_in)
         denoised_uncond, denoised_cond = denoised.chunk(2)
         result = denoised_uncond + guidance_scale * (denoised_cond - denoised_uncond)
         if guidance_rescale:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from latentdiff.checkpoints.bundle import Components
@@ -43,6 +44,20 @@ def encode_images(components: Components, images: torch.Tensor) -> torch.Tensor:
     in fp32 whatever the autoencoder's dtype, as the samplers keep their state."""
     posterior = components.autoencoder.encode(images)
     return to_diffusion_latents(posterior.mode().float(), components.config.autoencoder)
+
+
+def inpainting_concat(
+    components: Components, mask: torch.Tensor, masked_image: torch.Tensor
+) -> torch.Tensor:
+    """What SD's inpainting U-Nets see after the noisy latents: [mask, masked-image latents].
+
+    mask (B, 1, H, W), 1 = repaint, goes to the latent grid by nearest-neighbour resizing (as
+    diffusers does); masked_image (B, 3, H, W) in [-1, 1] is the image with the region to
+    repaint set to 0. Returns (B, 1 + C, H/f, W/f), in the order the models were trained with.
+    """
+    latents = encode_images(components, masked_image)
+    mask = F.interpolate(mask.to(latents), size=latents.shape[-2:], mode="nearest")
+    return torch.cat([mask, latents], dim=1)
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -19,7 +19,7 @@ from latentdiff.models.attention import set_attention_slice
 from latentdiff.pipelines.common import decode_latents
 from latentdiff.pipelines.metadata import format_parameters
 from latentdiff.pipelines.request import GenerationRequest
-from latentdiff.pipelines.txt2img import resolve_seeds, txt2img_latents
+from latentdiff.pipelines.txt2img import request_sigmas, resolve_seeds, txt2img_latents
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Pipeline:
         guidance_scale: float = 5.0,
         sampler: str = "dpmpp_2m",
         seed: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         height: int | None = None,
         width: int | None = None,
         num_images: int = 1,
@@ -59,7 +59,8 @@ class Pipeline:
         guidance_rescale: float = 0.0,
     ) -> list[Image.Image]:
         """Generate `num_images` images per prompt (parameter names and order as DESIGN.md's
-        contract, diffusers' names; `schedule="karras"` switches the sigma spacing)."""
+        contract, diffusers' names; `schedule="karras"` switches the sigma spacing). Give
+        `seed` or `generator` (one, or one per image), not both: see `resolve_seeds`."""
         request = GenerationRequest(
             prompt=prompt,
             negative_prompt=negative_prompt,
@@ -76,28 +77,26 @@ class Pipeline:
         images, _ = self.generate(request, latents=latents, generator=generator)
         return images
 
+    def check(self, request: GenerationRequest) -> None:
+        """Raise UsageError if this model cannot honour `request`, before any work starts."""
+        request_sigmas(self.components.config, request, self.scheduler)
+
     def generate(
         self,
         request: GenerationRequest,
         *,
         latents: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         callback: Callable[[dict], None] | None = None,
     ) -> tuple[list[Image.Image], list[str]]:
         """Images for `request`, and for each the A1111-style `parameters` text to store with it."""
-        if request.seed is None and generator is not None:
-            # diffusers users make a run repeatable with a seeded `generator`: draw the base seed
-            # from it, and let that seed drive everything, so the seed in the PNG reproduces it.
-            seed = int(torch.randint(2**32, (), generator=generator, device=generator.device))
-            request, generator = replace(request, seed=seed), None
-        seeds = resolve_seeds(request)
+        seeds = resolve_seeds(request, generator)
         z = txt2img_latents(
             self.components,
             request,
             seeds,
             scheduler=self.scheduler,
             latents=latents,
-            generator=generator,
             callback=callback,
         )
         images = decode_latents(self.components, z, tiled=self.vae_tiling)

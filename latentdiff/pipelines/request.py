@@ -72,7 +72,10 @@ class GenerationRequest:
                 f"seed must be between 0 and {MAX_SEED} (image k uses seed + k), got {self.seed}"
             )
         for name, side in (("height", self.height), ("width", self.width)):
-            if side is not None and (side <= 0 or side % size_multiple):
+            if side is not None and side <= 0:
+                # Its own message: before the model loads, size_multiple is still 1.
+                raise UsageError(f"{name} must be positive, got {side}")
+            if side is not None and side % size_multiple:
                 raise UsageError(
                     f"{name} must be a positive multiple of {size_multiple} (the autoencoder's "
                     f"and the U-Net's downsampling together), got {side}"

@@ -110,6 +110,39 @@ def test_prompts_file_writes_one_png_per_line_in_order(
         assert np.abs(pixels.astype(int) - np.array(lone)).max() <= 1
 
 
+@pytest.fixture(scope="module")
+def inpainting_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model folder of the tiny model's 9-channel inpainting variant, random weights."""
+    from latentdiff.checkpoints.bundle import build_components, random_weights, save_components
+    from latentdiff.config import inpainting, tiny_config
+    from latentdiff.models.tokenizer import build_world_tokenizer
+
+    config = inpainting(tiny_config())
+    components = build_components(config, build_world_tokenizer(vocab_size=64))
+    for name, state in random_weights(config, noise=0.05).items():
+        getattr(components, name).load_state_dict(state)
+    folder = tmp_path_factory.mktemp("tiny_inpainting")
+    save_components(components, folder)
+    return folder
+
+
+def test_an_inpainting_model_generates_from_text(
+    inpainting_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """SD inpainting checkpoints do text to image as diffusers and A1111 do: repaint it all."""
+    output = tmp_path / "inpainting.png"
+    status = generate(inpainting_model_dir, "a red circle", "--seed", "2", "--width", "32",
+                      "--height", "8", "--output", str(output))  # fmt: skip
+    assert status == 0 and capsys.readouterr().err == ""
+    pixels, parameters = read_png(output)
+    assert pixels.shape == (8, 32, 3) and ", Seed: 2, Size: 32x8, " in parameters
+    pipe = load_pipeline(inpainting_model_dir, device="cpu")
+    (expected,) = pipe("a red circle", num_inference_steps=2, sampler="ddim", seed=2,
+                       height=8, width=32)  # fmt: skip
+    assert np.array_equal(pixels, np.array(expected))
+    assert pixels.std() > 1  # an image, not a flat colour
+
+
 @pytest.fixture
 def corrupt_model(tiny_model_dir: Path, tmp_path: Path) -> Path:
     folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "corrupt"))
@@ -126,6 +159,13 @@ BAD_INPUTS = {  # case: (arguments after the model and FAST, expected message)
     "unknown sampler": ([P, "--sampler", "plms"], "unknown sampler 'plms'"),
     "width not a multiple": ([P, "--width", "17"], "width must be a positive multiple of 4"),
     "width fits f, not the U-Net": ([P, "--width", "18"], "width must be a positive multiple of 4"),
+    "height 0": ([P, "--height", "0"], "error: height must be positive, got 0\n"),
+    "width negative": ([P, "--width", "-4"], "error: width must be positive, got -4\n"),
+    "steps 1001": ([P, "--steps", "1001"], "error: 1001 steps are too many for the ddim sampler"),
+    "steps 1000 dpmpp_2m": (
+        [P, "--steps", "1000", "--sampler", "dpmpp_2m"],
+        "error: 1000 steps are too many for the dpmpp_2m sampler",
+    ),
     "num images 0": ([P, "--num-images", "0"], "num_images must be at least 1"),
     "seed too large": ([P, "--seed", str(2**64)], "seed must be between 0 and"),
     "missing model": ([P, "--model", "{tmp}/no-such-model"], "no model folder"),
@@ -177,6 +217,19 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     extra = [arg.format(**places) for arg in extra]
     args = ["generate", "--model", str(tiny_model_dir), *FAST, "--output", str(tmp_path / "o.png")]
     status = main([*args, *extra])
+    assert_one_line_error(capsys, status, message)
+    assert pngs_under(tmp_path) == []
+
+
+@pytest.mark.parametrize("case", ["steps 1001", "steps 1000 dpmpp_2m", "height 0"])
+def test_bad_input_with_the_progress_bar_is_still_one_line(
+    case: str, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Every check runs before the bar is drawn (BAD_INPUTS runs with --no-progress)."""
+    extra, message = BAD_INPUTS[case]
+    loud = [arg for arg in FAST if arg != "--no-progress"]
+    output = str(tmp_path / "o.png")
+    status = main(["generate", "--model", str(tiny_model_dir), *loud, "--output", output, *extra])
     assert_one_line_error(capsys, status, message)
     assert pngs_under(tmp_path) == []
 

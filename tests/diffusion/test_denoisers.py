@@ -59,3 +59,24 @@ def test_sigma_to_t_matches_diffusers_for_karras_sigmas_and_quantize_rounds():
     quantized = Denoiser(None, DiffusionConfig(), quantize=True).sigma_to_t(sigmas)
     assert quantized.tolist() == t.round().tolist()
     assert (quantized == quantized.round()).all() and (quantized - t).abs().max() <= 0.5
+
+
+def test_concat_channels_follow_the_scaled_x_unscaled():
+    """Inpainting U-Nets see [c_in·x, mask, masked-image latents]; only x is scaled by c_in."""
+    seen = []
+
+    def unet(x_in, t, context):
+        seen.append(x_in)
+        return x_in[:, :4]
+
+    config = DiffusionConfig()
+    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    concat = torch.randn(2, 5, 3, 3, generator=torch.Generator().manual_seed(1))
+    sigma = torch.tensor([14.6, 0.5])
+    denoiser = Denoiser(unet, config)
+    denoised = denoiser(x, sigma, None, concat)
+    c_skip, c_out, c_in = (c[:, None, None, None] for c in denoiser.scalings(sigma))
+    torch.testing.assert_close(seen[0], torch.cat([c_in * x, concat], dim=1))
+    torch.testing.assert_close(denoised, c_skip * x + c_out * c_in * x)
+    denoiser(x, sigma, None)  # no concat: the U-Net sees c_in·x alone
+    torch.testing.assert_close(seen[1], c_in * x)

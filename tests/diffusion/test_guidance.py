@@ -12,13 +12,16 @@ from latentdiff.diffusion.guidance import cfg_denoiser
 
 
 class RecordingDenoiser:
-    """D(x, σ, context) = x / (1 + σ) + mean(context); remembers the batch sizes it saw."""
+    """D(x, σ, context) = x / (1 + σ) + mean(context); remembers the batch sizes and the extra
+    channels (`concat`) it saw."""
 
     def __init__(self) -> None:
         self.batch_sizes: list[int] = []
+        self.concats: list[torch.Tensor | None] = []
 
-    def __call__(self, x, sigma, context):
+    def __call__(self, x, sigma, context, concat=None):
         self.batch_sizes.append(x.shape[0])
+        self.concats.append(concat)
         return x / (1 + sigma[:, None, None, None]) + context.mean(dim=(1, 2))[:, None, None, None]
 
 
@@ -44,6 +47,21 @@ def test_scale_one_runs_the_conditional_branch_only():
     guided = cfg_denoiser(denoiser, cond, uncond, guidance_scale=1.0)(x, sigma)
     assert denoiser.batch_sizes == [2]
     torch.testing.assert_close(guided, torch.full_like(x, 0.5 + 5.0))
+
+
+def test_concat_is_the_same_for_both_halves_and_passed_at_scale_one():
+    generator = torch.Generator().manual_seed(0)
+    x, sigma = torch.randn(2, 4, 3, 3, generator=generator), torch.tensor([2.0, 2.0])
+    cond, uncond = torch.randn(2, 7, 8, generator=generator), torch.zeros(2, 7, 8)
+    concat = torch.randn(2, 5, 3, 3, generator=generator)
+    for scale, expected in ((7.5, torch.cat([concat, concat])), (1.0, concat)):
+        denoiser = RecordingDenoiser()
+        cfg_denoiser(denoiser, cond, uncond, scale, concat=concat)(x, sigma)
+        assert len(denoiser.concats) == 1
+        torch.testing.assert_close(denoiser.concats[0], expected, rtol=0, atol=0)
+    denoiser = RecordingDenoiser()
+    cfg_denoiser(denoiser, cond, uncond, 7.5)(x, sigma)
+    assert denoiser.concats == [None]
 
 
 def context_unet(x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

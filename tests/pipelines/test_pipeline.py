@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -75,9 +76,48 @@ def test_generator_without_seed_makes_a_run_repeatable(pipe: Pipeline) -> None:
     assert not np.array_equal(first, other)
 
 
+def test_seed_and_generator_together_are_a_usage_error(pipe: Pipeline) -> None:
+    """Two noise sources would make the PNG's seed fail to reproduce the image."""
+    for generator in (torch.Generator().manual_seed(5), [torch.Generator().manual_seed(5)]):
+        with pytest.raises(UsageError, match="give a seed or a generator, not both"):
+            run(pipe, seed=3, generator=generator, sampler="euler_a")
+
+
+def seed_of(parameters: str) -> int:
+    return int(parameters.split("Seed: ")[1].split(",")[0])
+
+
+def test_a_list_of_generators_gives_image_k_the_seed_of_generator_k(pipe: Pipeline) -> None:
+    """diffusers' list of generators; each PNG's seed reproduces its image (ancestral too)."""
+    request = GenerationRequest(
+        prompt=PROMPT, num_inference_steps=2, sampler="euler_a", num_images=2
+    )
+    images, parameters = pipe.generate(
+        request, generator=[torch.Generator().manual_seed(s) for s in (5, 6)]
+    )
+    seeds = [seed_of(text) for text in parameters]
+    single = [seed_of(pipe.generate(request, generator=torch.Generator().manual_seed(s))[1][0])
+              for s in (5, 6)]  # fmt: skip
+    assert seeds == single  # generator k's first draw, as a lone generator gives it
+    lone = [run(pipe, sampler="euler_a", seed=seed) for seed in seeds]
+    assert_same_images(pixels(images), lone)
+    assert np.abs(lone[0].astype(int) - lone[1]).max() > 1
+    with pytest.raises(UsageError, match="one generator per image: 1 for 2 images"):
+        pipe.generate(request, generator=[torch.Generator()])
+
+
+def test_check_rejects_what_the_model_cannot_honour_before_any_work(pipe: Pipeline) -> None:
+    too_many = GenerationRequest(prompt=PROMPT, num_inference_steps=1000, sampler="dpmpp_2m")
+    with pytest.raises(UsageError, match="^1000 steps are too many for the dpmpp_2m sampler"):
+        pipe.check(too_many)
+    with pytest.raises(UsageError, match="width must be a positive multiple of 4"):
+        pipe.check(GenerationRequest(prompt=PROMPT, width=18))
+    assert pipe.check(replace(too_many, sampler="euler")) is None  # as many as timesteps
+
+
 def test_given_latents_equal_to_the_seeded_noise_reproduce_the_seeded_run(pipe: Pipeline) -> None:
     seeds = [20, 21]
-    shape = (pipe.components.config.unet.in_channels, 8, 8)  # tiny model: 16 px, f = 2
+    shape = (pipe.components.config.autoencoder.latent_channels, 8, 8)  # tiny: 16 px, f = 2
     seeded = pixels(pipe(PROMPT, num_inference_steps=2, seed=20, num_images=2))
     given = pixels(
         pipe(PROMPT, num_inference_steps=2, seed=20, num_images=2,

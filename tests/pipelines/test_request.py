@@ -95,3 +95,14 @@ def test_negative_prompt_count_mismatch_is_a_usage_error() -> None:
     request = GenerationRequest(prompt=["a", "b"], negative_prompt=["x", "y", "z"])
     with pytest.raises(UsageError, match="negative prompt"):
         _ = request.negative_prompts
+
+
+@pytest.mark.parametrize("size_multiple", [1, FACTOR])  # 1: the CLI's check before the model loads
+@pytest.mark.parametrize(("name", "side"), [("height", 0), ("width", -8)])
+def test_a_size_below_one_must_be_positive_whatever_the_multiple(
+    size_multiple: int, name: str, side: int
+) -> None:
+    request = GenerationRequest(prompt="a red circle", **{name: side})
+    with pytest.raises(UsageError) as error:
+        request.validate(size_multiple, tuple(SAMPLERS))
+    assert str(error.value) == f"{name} must be positive, got {side}"
