@@ -139,8 +139,7 @@ def repaint_all_concat(
 ) -> torch.Tensor | None:
     """An inpainting model's extra input for text to image (diffusers' and A1111's choice):
     repaint everything, i.e. a mask of ones and a masked image of zeros. None for other models."""
-    config = components.config
-    if config.unet.in_channels != 2 * config.autoencoder.latent_channels + 1:
+    if not components.config.is_inpainting:
         return None
     mask = torch.ones(1, 1, height, width, device=device)
     masked_image = torch.zeros(1, 3, height, width, device=device)
