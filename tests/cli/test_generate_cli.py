@@ -118,7 +118,9 @@ def inpainting_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from latentdiff.models.tokenizer import build_world_tokenizer
 
     config = inpainting(tiny_config())
-    components = build_components(config, build_world_tokenizer(vocab_size=64))
+    components = build_components(
+        config, build_world_tokenizer(vocab_size=config.text_encoder.vocab_size)
+    )
     for name, state in random_weights(config, noise=0.05).items():
         getattr(components, name).load_state_dict(state)
     folder = tmp_path_factory.mktemp("tiny_inpainting")

@@ -50,7 +50,9 @@ def components(tiny_model_dir: Path) -> Components:
 def inpainting_components() -> Components:
     """The tiny model's 9-channel inpainting variant, random weights (outputs not all zero)."""
     config = inpainting(tiny_config())
-    components = build_components(config, build_world_tokenizer(vocab_size=64))
+    components = build_components(
+        config, build_world_tokenizer(vocab_size=config.text_encoder.vocab_size)
+    )
     for name, state in random_weights(config, noise=0.05).items():
         getattr(components, name).load_state_dict(state)
     return components
