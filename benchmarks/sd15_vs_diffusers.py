@@ -132,7 +132,7 @@ def unet_steps(
     """One guided Euler step, σ(t=500) → σ(t=450), by each implementation."""
     generator = torch.Generator().manual_seed(1)
     sigmas = get_training_sigmas(config.diffusion)[[TIMESTEP, NEXT_TIMESTEP]]  # float64
-    x = torch.randn(1, config.unet.in_channels, side, side, generator=generator)
+    x = torch.randn(1, config.autoencoder.latent_channels, side, side, generator=generator)
     x = (x * sigmas[0]).to(dtype)
     tokens, width = config.text_encoder.context_length, config.unet.context_dim
     uncond, cond = torch.randn(2, 1, tokens, width, generator=generator).to(dtype)

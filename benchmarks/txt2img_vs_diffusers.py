@@ -132,7 +132,11 @@ def main() -> None:
     config = components.config
     side = config.sample_size // config.autoencoder.downsample_factor
     latents = torch.randn(
-        args.batch, config.unet.in_channels, side, side, generator=torch.Generator().manual_seed(0)
+        args.batch,
+        config.autoencoder.latent_channels,
+        side,
+        side,
+        generator=torch.Generator().manual_seed(0),
     )
 
     difference = np.abs(

@@ -73,6 +73,12 @@ def request_sigmas(
 ) -> torch.Tensor:
     """The σ's (float64, CPU) that `request` walks, after checking every one of its parameters,
     so that a caller can reject a bad request before any work (or progress bar) starts."""
+    latent_channels = config.autoencoder.latent_channels
+    if config.unet.in_channels != latent_channels and not config.is_inpainting:
+        raise UsageError(
+            f"this model's U-Net takes {config.unet.in_channels} input channels, not the "
+            f"{latent_channels} of text to image (the x4 upscaler's, say, which needs an image)"
+        )
     request.validate(config.size_multiple, tuple(SAMPLERS))
     steps, num_train = request.num_inference_steps, config.diffusion.num_train_timesteps
     try:

@@ -209,6 +209,13 @@ def test_request_sigmas_checks_the_request_first(components: Components) -> None
         request_sigmas(components.config, request, SchedulerSettings())
 
 
+def test_a_model_that_needs_an_image_is_refused(components: Components) -> None:
+    config = components.config
+    upscaler = replace(config, unet=replace(config.unet, in_channels=7))  # latents + an RGB image
+    with pytest.raises(UsageError, match="takes 7 input channels, not the 4 of text to image"):
+        request_sigmas(upscaler, GenerationRequest(prompt="a"), SchedulerSettings())
+
+
 class RecordingUNet(nn.Module):
     """The U-Net, remembering every input x it is given."""
 
