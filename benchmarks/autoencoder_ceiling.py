@@ -7,23 +7,33 @@ near 1.0); the second is the ceiling the latent space puts on any U-Net trained 
 
     python benchmarks/autoencoder_ceiling.py --model shapes
     python benchmarks/autoencoder_ceiling.py --autoencoder RUN   # a `train autoencoder` run
+    python benchmarks/autoencoder_ceiling.py --autoencoder RUN --checkpoint 1000 --preset shapes-v2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from latentdiff.checkpoints.bundle import load_autoencoder_run
+from latentdiff.config import PRESETS
 from latentdiff.devices import resolve_device
 from latentdiff.evaluation.scoring import score
 from latentdiff.evaluation.suite import evaluation_suite
 from latentdiff.models.autoencoder import Autoencoder
 from latentdiff.pipelines.common import images_to_tensor, tensor_to_images
 from latentdiff.pipelines.pipeline import load_pipeline
+from latentdiff.training.checkpoint import (
+    EMA_FILE,
+    MODEL_FILE,
+    load_module_state,
+    load_weights,
+    step_dir_name,
+)
 from latentdiff.world.captions import parse_caption
 from latentdiff.world.render import render_scene
 from latentdiff.world.scenes import sample_scene
@@ -49,20 +59,38 @@ def round_trip(autoencoder: Autoencoder, images: np.ndarray, batch_size: int = 5
 
 
 def load_autoencoder(args: argparse.Namespace) -> Autoencoder:
-    """The autoencoder of `--autoencoder RUN` if given, else of `--model`."""
+    """The autoencoder of `--autoencoder RUN` (at `--checkpoint STEP`) if given, else of
+    `--model`."""
+    if args.checkpoint is not None:
+        return checkpoint_autoencoder(args).to(resolve_device(args.device))
     if args.autoencoder:
         return load_autoencoder_run(args.autoencoder).to(resolve_device(args.device))
     return load_pipeline(args.model, device=args.device).components.autoencoder
+
+
+def checkpoint_autoencoder(args: argparse.Namespace) -> Autoencoder:
+    """A run's autoencoder at a training checkpoint (its EMA weights where it keeps them), of
+    the architecture of `--preset`: checkpoints hold weights only."""
+    folder = Path(args.autoencoder) / "checkpoints" / step_dir_name(args.checkpoint)
+    weights = folder / EMA_FILE if (folder / EMA_FILE).exists() else folder / MODEL_FILE
+    model = Autoencoder(PRESETS[args.preset]().autoencoder)
+    load_module_state(model, load_weights(weights)[0], weights)
+    return model.eval().requires_grad_(False)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="shapes")
     parser.add_argument("--autoencoder", help="a `train autoencoder` run instead of a model")
+    parser.add_argument("--checkpoint", type=int, help="with --autoencoder: this step's weights")
+    parser.add_argument("--preset", default="shapes", choices=sorted(PRESETS),
+                        help="with --checkpoint: the run's architecture")  # fmt: skip
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
+    if args.checkpoint is not None and not args.autoencoder:
+        parser.error("--checkpoint needs --autoencoder RUN")
     prompts = evaluation_suite()
     renders = suite_renders(prompts, args.size, args.seed)
     rows = {
@@ -72,6 +100,8 @@ def main() -> None:
     for name, images in rows.items():
         report = score(prompts, list(images))
         source = {"autoencoder": args.autoencoder} if args.autoencoder else {"model": args.model}
+        if args.checkpoint is not None:
+            source["checkpoint"] = args.checkpoint
         print(json.dumps(source | {"images": name} | report.to_dict()))
 
 

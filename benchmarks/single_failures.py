@@ -1,7 +1,8 @@
 """Why single-object prompts fail: the share of them missing each criterion, per model.
 
-Generates every single-object prompt of the evaluation suite (image k with seed k, as
-`latentdiff evaluate model`) and counts, per criterion (object count, colour, shape, size
+Generates every single-object prompt of the evaluation suite, each with the seed of its index
+in the suite (as `latentdiff evaluate model` seeds it, so these are the very images its `single`
+score judged), and counts, per criterion (object count, colour, shape, size
 when named, background when named), the share of prompts that miss it. "background" is a
 share of the prompts that name one. One JSON line per model.
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 from latentdiff.evaluation.adherence import generate_for_prompts
 from latentdiff.evaluation.detector import detect
@@ -23,15 +25,21 @@ from latentdiff.world.captions import parse_caption
 
 
 def measure(model: str, args: argparse.Namespace) -> dict:
-    prompts = [p for p in evaluation_suite() if parse_caption(p).kind == "single"]
+    singles = [
+        (k, p) for k, p in enumerate(evaluation_suite()) if parse_caption(p).kind == "single"
+    ]
     request = GenerationRequest(
         prompt="",
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
         sampler=args.sampler,
-        seed=0,
     )
-    images = generate_for_prompts(load_pipeline(model, device=args.device), prompts, request)
+    pipeline = load_pipeline(model, device=args.device)
+    prompts = [p for _, p in singles]
+    images = [
+        generate_for_prompts(pipeline, [prompt], replace(request, seed=k))[0]
+        for k, prompt in singles
+    ]
     specs = [parse_caption(p) for p in prompts]
     failures = [single_failures(s, detect(i)) for s, i in zip(specs, images, strict=True)]
     named = {
