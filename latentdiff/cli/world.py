@@ -1,18 +1,35 @@
-"""`latentdiff world`: render Shapes World images, clips and curation videos with ground truth."""
+"""`latentdiff world`: render Shapes World images, clips and curation videos with ground truth.
+
+Each action writes its `--outdir` whole (`atomic_folder`): an interrupted run leaves the
+previous folder or none, never a mix. An existing `--outdir` must be empty or a previous output
+of the same action, which is replaced; a folder holding anything else (another action's output,
+a user's file) is refused with one line and left untouched.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 
 from PIL import Image
 
 from latentdiff.errors import UsageError
-from latentdiff.fileio import atomic_write, write_json
+from latentdiff.fileio import atomic_folder, write_json
 
 MIN_SIZE = 16
+
+# Per action: the file that marks its output, and a pattern every path in that output matches.
+OUTPUTS: dict[str, tuple[str, re.Pattern[str]]] = {
+    "render": ("manifest.jsonl", re.compile(r"manifest\.jsonl|\d{5,}\.png")),
+    "clip": ("clip.json", re.compile(r"clip\.json|\d{5,}\.png")),
+    "curation-video": (
+        "ground_truth.json",
+        re.compile(r"ground_truth\.json|frames(/\d{5,}\.png)?"),
+    ),
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,7 +79,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", default=0, help="random seed: same seed, same output")
-    parser.add_argument("--outdir", required=True, help="output folder (created if needed)")
+    parser.add_argument(
+        "--outdir",
+        required=True,
+        help="output folder: new, empty, or a previous output of this action (replaced whole)",
+    )
     parser.add_argument(
         "--include-held-out",
         action="store_true",
@@ -81,15 +102,38 @@ def _int(value: object, flag: str, minimum: int) -> int:
     return number
 
 
-def _outdir(path: str) -> Path:
+def _outdir(path: str, action: str) -> Path:
+    """`--outdir`, checked before any work: new, empty, or a previous output of `action`."""
     outdir = Path(path)
+    marker, pattern = OUTPUTS[action]
+    if outdir.exists() and not outdir.is_dir():
+        raise UsageError(f"--outdir {path} is a file, not a folder")
+    names = _paths_in(outdir, path) if outdir.is_dir() else []
+    if names and (marker not in names or not all(pattern.fullmatch(name) for name in names)):
+        raise UsageError(
+            f"--outdir {path} holds files that are not a previous `world {action}` output; "
+            "give a new or empty folder"
+        )
     try:
-        outdir.mkdir(parents=True, exist_ok=True)
+        outdir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UsageError(f"cannot create --outdir {path}: {error.strerror}") from None
-    if not os.access(outdir, os.W_OK):
+    if not os.access(outdir.parent, os.W_OK):
         raise UsageError(f"cannot write to --outdir {path}")
-    return outdir
+    # The folder is swapped, not written into: swap the real one if `path` is a symlink.
+    return outdir.resolve()
+
+
+def _paths_in(folder: Path, path: str) -> list[str]:
+    """Every path inside `folder`, relative to it; unreadable is an error (never "empty")."""
+
+    def fail(error: OSError) -> None:
+        raise UsageError(f"cannot read --outdir {path}: {error.strerror}")
+
+    names = []
+    for root, dirs, files in os.walk(folder, onerror=fail):
+        names += [(Path(root) / name).relative_to(folder).as_posix() for name in dirs + files]
+    return names
 
 
 def run_render(args: argparse.Namespace) -> None:
@@ -99,19 +143,18 @@ def run_render(args: argparse.Namespace) -> None:
     n = _int(args.n, "--n", 1)
     size = _int(args.size, "--size", MIN_SIZE)
     seed = _int(args.seed, "--seed", 0)
-    outdir = _outdir(args.outdir)
-    lines = []
-    try:
+    outdir = _outdir(args.outdir, "render")
+
+    def write(folder: Path) -> None:
+        lines = []
         for i, scene in enumerate(sample_scenes(n, seed, args.include_held_out)):
             name = f"{i:05d}.png"
-            render_scene_image(scene, size).save(outdir / name)
+            render_scene_image(scene, size).save(folder / name)
             lines.append(json.dumps({"file": name, **scene_record(scene, size)}))
-        # The manifest goes last: its presence says the folder is complete.
-        manifest = "\n".join(lines) + "\n"
-        atomic_write(outdir / "manifest.jsonl", lambda tmp: tmp.write_text(manifest))
-    except OSError as error:
-        raise UsageError(f"cannot write to --outdir {outdir}: {error.strerror}") from None
-    print(f"wrote {n} images and manifest.jsonl to {outdir}")
+        (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+
+    atomic_folder(outdir, write, overwrite=True)
+    print(f"wrote {n} images and manifest.jsonl to {args.outdir}")
 
 
 def run_clip(args: argparse.Namespace) -> None:
@@ -120,15 +163,16 @@ def run_clip(args: argparse.Namespace) -> None:
     size = _int(args.size, "--size", MIN_SIZE)
     frames = _int(args.frames, "--frames", 2)
     seed = _int(args.seed, "--seed", 0)
-    outdir = _outdir(args.outdir)
+    outdir = _outdir(args.outdir, "clip")
     clip = sample_clip(seed, frames, size, args.include_held_out)
-    try:
+
+    def write(folder: Path) -> None:
         for t, frame in enumerate(render_clip(clip)):
-            Image.fromarray(frame).save(outdir / f"{t:05d}.png")
-        write_json(outdir / "clip.json", clip_record(clip))
-    except OSError as error:
-        raise UsageError(f"cannot write to --outdir {outdir}: {error.strerror}") from None
-    print(f"wrote {frames} frames and clip.json to {outdir}: {clip.caption}")
+            Image.fromarray(frame).save(folder / f"{t:05d}.png")
+        write_json(folder / "clip.json", clip_record(clip))
+
+    atomic_folder(outdir, write, overwrite=True)
+    print(f"wrote {frames} frames and clip.json to {args.outdir}: {clip.caption}")
 
 
 def run_curation_video(args: argparse.Namespace) -> None:
@@ -138,12 +182,9 @@ def run_curation_video(args: argparse.Namespace) -> None:
     fps = _int(args.fps, "--fps", 1)
     shots = _int(args.shots, "--shots", 1)
     seed = _int(args.seed, "--seed", 0)
-    outdir = _outdir(args.outdir)
+    outdir = _outdir(args.outdir, "curation-video")
     video = sample_curation_video(
         seed, size=size, fps=fps, n_shots=shots, include_held_out=args.include_held_out
     )
-    try:
-        write_curation_video(video, outdir)
-    except OSError as error:
-        raise UsageError(f"cannot write to --outdir {outdir}: {error.strerror}") from None
-    print(f"wrote {video.n_frames} frames and ground_truth.json to {outdir}")
+    write_curation_video(video, outdir, overwrite=True)
+    print(f"wrote {video.n_frames} frames and ground_truth.json to {args.outdir}")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from latentdiff.fileio import write_json
+from latentdiff.fileio import atomic_folder, write_json
 from latentdiff.world import palette
 from latentdiff.world.captions import canonical_caption, motion_spec
 from latentdiff.world.render import object_record, render_scene_image
@@ -399,17 +399,24 @@ def curation_ground_truth(video: CurationVideo) -> dict:
     }
 
 
-def write_curation_video(video: CurationVideo, directory: str | Path) -> Path:
-    """Write `frames/00000.png …` and `ground_truth.json` into `directory`; return it.
+def write_curation_video(
+    video: CurationVideo, directory: str | Path, *, overwrite: bool = False
+) -> Path:
+    """Write the folder `directory` whole: `frames/00000.png …` and `ground_truth.json`; return it.
 
-    Frames are PNG files for now: a video-file writer (PyAV/imageio-ffmpeg) comes with the
-    curation stage, in a later issue, and will write `video.mp4` beside the same ground truth.
+    Written beside it and swapped in (`atomic_folder`): an interrupted write leaves the previous
+    folder or none. `directory` must be absent or empty unless `overwrite`, which replaces it
+    and all it holds. Frames are PNG files for now: a video-file writer (PyAV/imageio-ffmpeg)
+    comes with the curation stage, in a later issue, and will write `video.mp4` beside the same
+    ground truth.
     """
+
+    def write(folder: Path) -> None:
+        (folder / "frames").mkdir()
+        for i, frame in enumerate(render_curation_video(video)):
+            Image.fromarray(frame).save(folder / "frames" / f"{i:05d}.png")
+        write_json(folder / "ground_truth.json", curation_ground_truth(video))
+
     directory = Path(directory)
-    frames_dir = directory / "frames"
-    frames_dir.mkdir(parents=True, exist_ok=True)
-    for i, frame in enumerate(render_curation_video(video)):
-        Image.fromarray(frame).save(frames_dir / f"{i:05d}.png")
-    # Ground truth goes last, under a temporary name first: when present, the folder is complete.
-    write_json(directory / "ground_truth.json", curation_ground_truth(video))
+    atomic_folder(directory, write, overwrite=overwrite)
     return directory

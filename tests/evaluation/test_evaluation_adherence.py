@@ -41,9 +41,12 @@ def test_cli_prints_the_six_categories_and_overall(
     tiny_model_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:
     args = ["evaluate", "model", "--model", str(tiny_model_dir), "--limit", "3"]
+    args += ["--width", "48", "--height", "48"]  # the tiny model's own 16 px are refused
     status = main([*args, "--steps", "1", "--sampler", "euler", "--device", "cpu", "--json"])
     assert status == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    result = json.loads(captured.out)
     assert set(result) == {*CATEGORIES, "overall"}
     assert all(v is None or 0.0 <= v <= 1.0 for v in result.values())
 
@@ -64,3 +67,67 @@ def test_cli_bad_input_is_one_line_and_status_2(
     err = capsys.readouterr().err
     assert status == 2
     assert err.count("\n") == 1 and message in err
+
+
+FAST = ["--steps", "1", "--sampler", "euler", "--device", "cpu", "--json"]
+
+
+@pytest.mark.parametrize(
+    ("size_flags", "shown"),
+    [([], "model {model}'s size is 16×16 px"), (["--width", "64", "--height", "32"], "64×32")],
+)
+def test_cli_refuses_a_size_too_small_to_judge_before_generating(
+    tiny_model_dir: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    size_flags: list[str],
+    shown: str,
+) -> None:
+    import latentdiff.evaluation.adherence
+
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("generated images it cannot judge")
+
+    monkeypatch.setattr(latentdiff.evaluation.adherence, "generate_for_prompts", must_not_run)
+    status = main(["evaluate", "model", "--model", str(tiny_model_dir), *size_flags, *FAST])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert shown.format(model=tiny_model_dir) in err and "at least 40 px per side" in err
+
+
+def test_cli_warns_once_near_the_detectors_limit(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = ["evaluate", "model", "--model", str(tiny_model_dir), "--limit", "2"]
+    assert main([*args, "--width", "40", "--height", "40", *FAST]) == 0
+    captured = capsys.readouterr()
+    assert (
+        captured.err.count("\n") == 1 and "warning: --width × --height is 40×40 px" in captured.err
+    )
+    assert set(json.loads(captured.out)) == {*CATEGORIES, "overall"}
+
+
+def test_cli_warns_per_unparseable_prompt_and_counts_it_wrong(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na pink circle\n")
+    args = ["evaluate", "model", "--model", str(tiny_model_dir), "--prompts", str(prompts)]
+    assert main([*args, "--width", "48", "--height", "48", *FAST]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1
+    assert "warning: prompt 2 counted wrong" in captured.err and "pink" in captured.err
+    result = json.loads(captured.out)
+    # The bad prompt is in every category, wrong; the good one only in `single`.
+    assert result["counting"] == result["two_object"] == result["held_out"] == 0.0
+
+
+def test_cli_refuses_a_prompts_file_where_none_parses_before_loading_the_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("hello world\na pink circle\n")
+    status = main(["evaluate", "model", "--model", "/nonexistent/model", "--prompts", str(prompts)])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert "no prompt in the file parses" in err and "hello" in err

@@ -1,4 +1,7 @@
 import json
+import pathlib
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -18,12 +21,12 @@ PROMPTS = [
 ]
 
 
-def write_images(folder, prompts, seed=0):
+def write_images(folder, prompts, seed=0, size=64):
     """Ground-truth renderings of `prompts`, named as `generate` names its outputs."""
     rng = np.random.default_rng(seed)
     folder.mkdir(exist_ok=True)
     for k, prompt in enumerate(prompts):
-        image = render_scene(sample_scene(parse_caption(prompt), rng), 64)
+        image = render_scene(sample_scene(parse_caption(prompt), rng), size)
         Image.fromarray(image).save(folder / f"{k:05d}.png")
 
 
@@ -42,7 +45,9 @@ def run(tmp_path):
 
 def test_adherence_json_has_the_six_categories_and_overall(run, capsys):
     assert run("--json") == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert captured.err == ""  # 64 px: no size warning
+    result = json.loads(captured.out)
     assert list(result) == [*CATEGORIES, "overall"]
     assert result == {
         "single": 1.0,
@@ -141,3 +146,47 @@ def test_suite_prints_or_writes_the_suite(tmp_path, capsys):
     assert (tmp_path / "suite.txt").read_text().splitlines() == evaluation_suite()
     status = main(["evaluate", "suite", "--output", str(tmp_path / "no" / "suite.txt")])
     expect_usage_error(capsys, status, "suite.txt")
+
+
+@pytest.mark.parametrize("size", [16, 32, 39])
+def test_images_too_small_for_the_detector_are_refused(run, tmp_path, capsys, size):
+    write_images(tmp_path / "images", PROMPTS, size=size)
+    expect_usage_error(capsys, run(), "00000.png", f"{size}×{size} px", "at least 40 px")
+
+
+@pytest.mark.parametrize("size", [40, 47])
+def test_images_near_the_detectors_limit_are_scored_with_one_warning(run, tmp_path, capsys, size):
+    write_images(tmp_path / "images", PROMPTS, size=size)
+    assert run("--json") == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1  # once, not once per image
+    assert captured.err.startswith("latentdiff evaluate: warning:")
+    assert f"{size}×{size} px" in captured.err and "below 48 px" in captured.err
+    assert json.loads(captured.out)["overall"] == 1.0
+
+
+def test_a_png_declaring_a_huge_size_is_a_usage_error(run, tmp_path, capsys):
+    def chunk(kind, data):
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)  # 20000×20000 RGB
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    (tmp_path / "images" / "00001.png").write_bytes(png)
+    expect_usage_error(capsys, run(), "cannot read image", "00001.png", "decompression bomb")
+
+
+def test_suite_output_is_written_atomically(tmp_path, capsys, monkeypatch):
+    output = tmp_path / "suite.txt"
+    output.write_text("the old suite\n")
+    write_text = pathlib.Path.write_text
+
+    def disk_full_halfway(path, text, *args, **kwargs):
+        write_text(path, text[:10], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", disk_full_halfway)
+    expect_usage_error(capsys, main(["evaluate", "suite", "--output", str(output)]), "No space")
+    assert output.read_text() == "the old suite\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["suite.txt"]

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from latentdiff.evaluation.detector import (
+    MIN_IMAGE_SIZE,
     NO_COLOR,
     classify_shape,
     detect,
@@ -29,6 +30,15 @@ def test_fresh_ground_truth_scores_at_least_995_in_every_category(size, n, seed)
     assert all(report.total[c] > 0 for c in report.total)
     assert all(accuracy >= 0.995 for accuracy in report.accuracy.values())
     assert report.overall >= 0.995
+
+
+def test_min_image_size_is_the_smallest_side_that_scores_995_on_ground_truth():
+    def overall(size):
+        images, scenes = render_batch(500, size, 0, include_held_out=True)
+        return score([scene.canonical_caption for scene in scenes], images).overall
+
+    assert MIN_IMAGE_SIZE == 40
+    assert overall(MIN_IMAGE_SIZE) >= 0.995 > overall(MIN_IMAGE_SIZE - 8)  # 0.997, 0.963
 
 
 @pytest.mark.parametrize("size", [64, 128, 200])

@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 
+from latentdiff.errors import UsageError
 from latentdiff.world import palette
 from latentdiff.world.captions import parse_caption
 from latentdiff.world.render import render_scene
@@ -152,3 +153,18 @@ def test_write_curation_video_writes_frames_and_ground_truth(tmp_path):
     assert truth == json.loads(json.dumps(curation_ground_truth(video)))
     assert truth["cut_frames"] == [shot["start"] for shot in truth["shots"][1:]]
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_write_curation_video_replaces_a_folder_only_when_told(tmp_path):
+    long, short = (sample_curation_video(seed=1, size=16, fps=2, n_shots=n) for n in (4, 1))
+    folder = tmp_path / "video"
+    write_curation_video(long, folder)
+    with pytest.raises(UsageError, match="not empty"):
+        write_curation_video(short, folder)
+    assert len(list((folder / "frames").iterdir())) == long.n_frames  # kept as it was
+    write_curation_video(short, folder, overwrite=True)
+    frames = sorted(p.name for p in (folder / "frames").iterdir())
+    assert frames == [f"{i:05d}.png" for i in range(short.n_frames)]
+    assert short.n_frames < long.n_frames
+    assert json.loads((folder / "ground_truth.json").read_text())["n_frames"] == short.n_frames
+    assert [p.name for p in tmp_path.iterdir()] == ["video"]
