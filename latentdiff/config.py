@@ -507,6 +507,10 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine"] = "constant"
     """After warm-up: constant, or cosine decay towards 0 at `steps` (changing `steps` on
     resume changes the remaining cosine)."""
+    cosine_from: int | None = None
+    """With the cosine schedule: hold the peak rate up to this step, then decay over the steps
+    left (warm-up, stable, decay: a constant-rate run resumed with it is annealed without a
+    jump in the rate). None: the decay starts right after warm-up."""
     grad_accum_steps: int = 1
     """Micro-batches per step on each process; trades time for memory at the same result."""
     grad_clip: float | None = 1.0
@@ -538,6 +542,13 @@ class TrainConfig:
         )
         _check(self.warmup_steps >= 0, "warmup_steps must not be negative")
         _check(self.lr_schedule in ("constant", "cosine"), "lr_schedule: constant or cosine")
+        _check(
+            self.cosine_from is None
+            or (
+                self.lr_schedule == "cosine" and self.warmup_steps <= self.cosine_from < self.steps
+            ),
+            "cosine_from needs the cosine schedule and a step from the end of warm-up to steps - 1",
+        )
         _check(self.grad_accum_steps >= 1, "grad_accum_steps must be at least 1")
         _check(self.grad_clip is None or self.grad_clip > 0, "grad_clip must be positive")
         _check(self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay must be in (0, 1)")

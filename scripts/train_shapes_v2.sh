@@ -4,7 +4,7 @@
 # interruption continues where it stopped.
 # Usage: [V2_STEPS=N] [V2_COSINE_FROM=M] scripts/train_shapes_v2.sh [RUNS_DIR]
 #   (default /work/runs/v2; the U-Net trains at a constant rate up to step V2_COSINE_FROM, then
-#   decays on a cosine to step V2_STEPS)
+#   decays from that rate on a cosine to 0 at step V2_STEPS)
 set -euo pipefail
 runs="${1:-/work/runs/v2}"
 mkdir -p "$runs"
@@ -23,7 +23,8 @@ unet_args=(--preset shapes-v2 --autoencoder "$runs/ae" --cache-size 60000 --batc
 cosine_from="${V2_COSINE_FROM:-}"
 if [[ -n "$cosine_from" ]]; then
   latentdiff train unet "${unet_args[@]}" --steps "$cosine_from"
-  latentdiff train unet "${unet_args[@]}" --steps "${V2_STEPS:?set V2_STEPS}" --lr-schedule cosine
+  latentdiff train unet "${unet_args[@]}" --steps "${V2_STEPS:?set V2_STEPS}" --lr-schedule cosine \
+    --cosine-from "$cosine_from"
 else
   latentdiff train unet "${unet_args[@]}" --steps "${V2_STEPS:-20000}"
 fi

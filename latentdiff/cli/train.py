@@ -101,6 +101,10 @@ def add_common_arguments(
     parser.add_argument("--lr", type=float, default=lr, help="peak learning rate")
     parser.add_argument("--warmup", type=int, default=200, help="warm-up steps")
     parser.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"))
+    parser.add_argument(
+        "--cosine-from", type=int, default=None, metavar="STEP",
+        help="with --lr-schedule cosine: hold the peak rate to STEP, then decay to --steps",
+    )  # fmt: skip
     parser.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay (0 disables)")
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
     parser.add_argument(
@@ -129,6 +133,7 @@ def train_config(args: argparse.Namespace):
             learning_rate=args.lr,
             warmup_steps=args.warmup,
             lr_schedule=args.lr_schedule,
+            cosine_from=args.cosine_from,
             grad_accum_steps=args.grad_accum,
             ema_decay=args.ema_decay or None,
             mixed_precision=args.mixed_precision,

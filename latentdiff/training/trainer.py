@@ -86,12 +86,14 @@ class TrainSummary:
 
 
 def learning_rate_at(step: int, config: TrainConfig) -> float:
-    """The learning rate of the update after `step` steps: linear warm-up, then constant or cosine."""
+    """The learning rate of the update after `step` steps: linear warm-up, then constant, or
+    cosine (held at the peak up to `cosine_from` if set)."""
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
-    if config.lr_schedule == "constant":
+    decay_start = config.warmup_steps if config.cosine_from is None else config.cosine_from
+    if config.lr_schedule == "constant" or step < decay_start:
         return config.learning_rate
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    progress = (step - decay_start) / max(1, config.steps - decay_start)
     return config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
 
 

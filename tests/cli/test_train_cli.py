@@ -203,6 +203,7 @@ def broken_autoencoder(autoencoder_run: AutoencoderRun, tmp_path: Path) -> Path:
             ["unet", "--autoencoder", "{good}", "--batch-size", "6", "--grad-accum", "4"],
             "does not split into 4",
         ),
+        (["autoencoder", "--cosine-from", "1"], "cosine_from needs the cosine schedule"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(

@@ -160,6 +160,23 @@ def test_learning_rate_schedule(schedule, step, expected):
     assert learning_rate_at(step, config) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(
+    "step, expected",
+    [
+        (9, 1.0),  # warm-up as before ...
+        (59, 1.0),  # ... then the peak held up to cosine_from ...
+        (60, 1.0),  # ... where the cosine starts, without a jump ...
+        (85, 0.5),  # ... half way through the 50 steps left ...
+        (109, 0.5 * (1 + math.cos(math.pi * 49 / 50))),  # ... ending near 0
+    ],
+)
+def test_cosine_from_holds_the_peak_then_decays_over_the_steps_left(step, expected):
+    config = TrainConfig(
+        steps=110, learning_rate=1.0, warmup_steps=10, lr_schedule="cosine", cosine_from=60
+    )
+    assert learning_rate_at(step, config) == pytest.approx(expected)
+
+
 def test_logged_learning_rate_is_the_schedule(tmp_path):
     config = replace(CONFIG, steps=8, warmup_steps=4, lr_schedule="cosine", log_every=1)
     trainer = make_trainer(tmp_path, config)
@@ -293,6 +310,9 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path):
         {"grad_clip": 0.0},
         {"mixed_precision": "fp16"},
         {"lr_schedule": "linear"},
+        {"cosine_from": 5},  # constant schedule
+        {"steps": 20, "lr_schedule": "cosine", "cosine_from": 20},  # not before the last step
+        {"lr_schedule": "cosine", "warmup_steps": 5, "cosine_from": 4},  # inside warm-up
         {"betas": (0.9, 1.0)},
         {"seed": -1},
     ],
