@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from latentdiff.errors import UsageError
@@ -74,7 +75,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     unet.set_defaults(func=leaving_process_group(run_train_unet))
 
 
-def leaving_process_group(run):
+def leaving_process_group(
+    run: Callable[[argparse.Namespace], None],
+) -> Callable[[argparse.Namespace], None]:
     """`run(args)`, then leave torchrun's process group (joined by the Trainer), however it ended."""
 
     @functools.wraps(run)
