@@ -425,8 +425,9 @@ def _component(states: Mapping[str, Mapping[str, Tensor]], name: str) -> Mapping
 
 
 def _model_index(config: ModelConfig, *, with_tokenizer: bool) -> dict[str, Any]:
-    inpainting = config.unet.in_channels == 2 * config.autoencoder.latent_channels + 1
-    pipeline = "StableDiffusionInpaintPipeline" if inpainting else "StableDiffusionPipeline"
+    pipeline = (
+        "StableDiffusionInpaintPipeline" if config.is_inpainting else "StableDiffusionPipeline"
+    )
     index: dict[str, Any] = {
         "_class_name": pipeline,
         "_diffusers_version": DIFFUSERS_VERSION,

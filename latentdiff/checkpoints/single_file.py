@@ -146,17 +146,16 @@ def detect_config(
         unet = _detect_unet(_strip(shapes, UNET_PREFIX), base, version)
         autoencoder = _detect_autoencoder(_strip(shapes, VAE_PREFIX), base)
         text_encoder = _detect_text_encoder(shapes, layout, base)
-        is_inpainting = unet.in_channels == 2 * autoencoder.latent_channels + 1
-        if inpainting is not None and inpainting != is_inpainting:
-            raise UsageError(inpainting_mismatch(unet.in_channels))
+        config = ModelConfig(
+            autoencoder=autoencoder, unet=unet, text_encoder=text_encoder, diffusion=base.diffusion
+        )
+        check_inpainting(config, inpainting)
         if prediction_type is None:
             prediction_type = (
-                "v_prediction" if version == "sd2" and not is_inpainting else "epsilon"
+                "v_prediction" if version == "sd2" and not config.is_inpainting else "epsilon"
             )
-        return ModelConfig(
-            autoencoder=autoencoder,
-            unet=unet,
-            text_encoder=text_encoder,
+        return dataclasses.replace(
+            config,
             diffusion=dataclasses.replace(base.diffusion, prediction_type=prediction_type),
             sample_size=768 if version == "sd2" and prediction_type == "v_prediction" else 512,
         )
@@ -189,9 +188,7 @@ def _resolve_config(
         return detect_config(
             shapes, version=version, prediction_type=prediction_type, inpainting=inpainting
         )
-    is_inpainting = stored.unet.in_channels != stored.autoencoder.latent_channels
-    if inpainting is not None and inpainting != is_inpainting:
-        raise UsageError(inpainting_mismatch(stored.unet.in_channels))
+    check_inpainting(stored, inpainting)
     if prediction_type is not None:
         diffusion = dataclasses.replace(stored.diffusion, prediction_type=prediction_type)
         stored = dataclasses.replace(stored, diffusion=diffusion)
@@ -240,9 +237,15 @@ def _select_keys(shapes: Shapes, config: ModelConfig, use_ema: bool) -> dict[str
     return sources
 
 
-def inpainting_mismatch(in_channels: int) -> str:
-    kind = "an inpainting" if in_channels == 9 else "not an inpainting"
-    return f"the U-Net takes {in_channels} input channels: {kind} model"
+def check_inpainting(config: ModelConfig, inpainting: bool | None, where: str = "") -> None:
+    """Refuse a load whose `inpainting` option (None: either) disagrees with the model."""
+    if inpainting is None or inpainting == config.is_inpainting:
+        return
+    kind = "an inpainting" if config.is_inpainting else "not an inpainting"
+    prefix = f"{where}: " if where else ""
+    raise UsageError(
+        f"{prefix}the U-Net takes {config.unet.in_channels} input channels: {kind} model"
+    )
 
 
 def _check_choice(name: str, value: str | None, choices: tuple[str, ...]) -> None:

@@ -131,10 +131,9 @@ def read_model(name_or_path: str | os.PathLike, options: LoadOptions | None = No
     else:
         _check_folder_options(options)
         weights = (_read_latentdiff if kind == "latentdiff" else _read_diffusers)(path, options)
-        if options.inpainting is not None and options.inpainting != weights.config.is_inpainting:
-            from latentdiff.checkpoints.single_file import inpainting_mismatch
+        from latentdiff.checkpoints.single_file import check_inpainting
 
-            raise UsageError(f"{path}: {inpainting_mismatch(weights.config.unet.in_channels)}")
+        check_inpainting(weights.config, options.inpainting, where=str(path))
     if options.vae is not None:
         _replace_autoencoder(weights, options.vae, options.variant)
     return weights
