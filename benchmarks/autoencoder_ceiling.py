@@ -7,7 +7,7 @@ near 1.0); the second is the ceiling the latent space puts on any U-Net trained 
 
     python benchmarks/autoencoder_ceiling.py --model shapes
     python benchmarks/autoencoder_ceiling.py --autoencoder RUN   # a `train autoencoder` run
-    python benchmarks/autoencoder_ceiling.py --autoencoder RUN --checkpoint 1000 --preset shapes-v2
+    python benchmarks/autoencoder_ceiling.py --autoencoder RUN --checkpoint 1000 --preset shapes
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """The bundled `shapes` model: present, loaded by default, and generating what the README shows."""
 
+import dataclasses
+
 import numpy as np
 
 import latentdiff
@@ -22,12 +24,16 @@ def test_the_bundle_is_complete_small_and_of_the_shapes_architecture() -> None:
     config = load_model_config(folder / CONFIG_FILE)
     expected = shapes_config()
     assert isinstance(config, ModelConfig)
-    assert (config.unet, config.text_encoder, config.sample_size) == (
+    assert (config.unet, config.text_encoder, config.diffusion, config.sample_size) == (
         expected.unet,
         expected.text_encoder,
+        expected.diffusion,
         expected.sample_size,
     )
-    assert config.autoencoder.latents_std is not None  # normalised per channel at training
+    # Normalised per channel at training; otherwise the preset's autoencoder.
+    assert config.autoencoder.latents_std is not None
+    unnormalised = dataclasses.replace(config.autoencoder, latents_mean=None, latents_std=None)
+    assert unnormalised == expected.autoencoder
 
 
 def test_default_pipeline_generates_reproducible_64px_images() -> None:

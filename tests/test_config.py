@@ -31,8 +31,8 @@ def test_context_width_must_match_text_encoder():
         dataclasses.replace(config, unet=dataclasses.replace(config.unet, context_dim=32))
 
 
-def test_shapes_v2_differs_from_shapes_only_in_autoencoder_width_and_objective():
-    v1, v2 = PRESETS["shapes"](), PRESETS["shapes-v2"]()
+def test_shapes_differs_from_shapes_v1_only_in_autoencoder_width_and_objective():
+    v1, v2 = PRESETS["shapes-v1"](), PRESETS["shapes"]()
     assert v2.autoencoder.block_channels == (32, 64, 128)
     assert dataclasses.replace(v2.autoencoder, block_channels=(16, 32, 64)) == v1.autoencoder
     assert (v2.diffusion.prediction_type, v2.diffusion.rescale_betas_zero_snr) == (

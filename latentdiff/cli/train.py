@@ -12,8 +12,12 @@ import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from latentdiff.errors import UsageError
+
+if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command runs
+    from latentdiff.config import DiffusionConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,7 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "tower is frozen (as Stable Diffusion freezes CLIP)",
     )
     unet.add_argument(
-        "--weighting", default="min_snr", choices=("none", "min_snr"), help="loss weighting"
+        "--weighting",
+        choices=("none", "min_snr"),
+        help="loss weighting (default: min_snr, or none on a zero-terminal-SNR schedule)",
     )
     unet.add_argument(
         "--prediction-type",
@@ -335,7 +341,10 @@ def run_train_unet(args: argparse.Namespace) -> None:
             load_module_state(model.text_encoder, init.states["text_encoder"], args.init_from)
     empty_ids = tokenizer.encode([""], model_config.text_encoder.context_length)
     objective = DiffusionObjective(
-        model_config.diffusion, empty_ids, args.cond_drop, weighting=args.weighting
+        model_config.diffusion,
+        empty_ids,
+        args.cond_drop,
+        weighting=args.weighting or default_weighting(model_config.diffusion),
     )
     model_config = dataclasses.replace(
         model_config,
@@ -394,11 +403,17 @@ def with_objective(model_config, args: argparse.Namespace):
             rescale_betas_zero_snr=args.zero_terminal_snr or diffusion.rescale_betas_zero_snr,
         )
     except ValueError as error:
-        raise UsageError(f"--zero-terminal-snr: {error}") from None
+        # The preset may bring zero terminal SNR itself (shapes does), so name both options.
+        raise UsageError(f"--prediction-type/--zero-terminal-snr: {error}") from None
     if diffusion.rescale_betas_zero_snr and args.weighting == "min_snr":
         # min(SNR, γ)/(SNR + 1) is 0 at SNR = 0: t = T, the step zero SNR exists for, unlearned.
         raise UsageError("zero terminal SNR: min-SNR weights t = T by 0; add --weighting none")
     return dataclasses.replace(model_config, diffusion=diffusion)
+
+
+def default_weighting(diffusion: DiffusionConfig) -> str:
+    """min-SNR-γ (Hang et al. 2023), except at zero terminal SNR, where it would weight t = T by 0."""
+    return "none" if diffusion.rescale_betas_zero_snr else "min_snr"
 
 
 def read_init_model(path: str, model_config):

@@ -184,19 +184,26 @@ def broken_autoencoder(autoencoder_run: AutoencoderRun, tmp_path: Path) -> Path:
         (["unet", "--autoencoder", "{good}", "--cache-size", "0"], "--cache-size must be"),
         (["unet", "--autoencoder", "{good}", "--cond-drop", "5"], "--cond-drop must be"),
         (["unet", "--autoencoder", "{good}", "--text-encoder", "{tmp}/no-clip"], "no-clip"),
-        (["unet", "--autoencoder", "{good}", "--zero-terminal-snr"], "needs prediction_type v"),
         (
+            ["unet", "--preset", "shapes-v1", "--autoencoder", "{good}", "--zero-terminal-snr"],
+            "needs prediction_type v",
+        ),
+        (  # the shapes preset is v-prediction at zero terminal SNR
             [
                 "unet",
+                "--preset",
+                "shapes",
                 "--autoencoder",
                 "{good}",
-                "--zero-terminal-snr",
                 "--prediction-type",
-                "v_prediction",
+                "epsilon",
             ],
+            "needs prediction_type v",
+        ),
+        (
+            ["unet", "--preset", "shapes", "--autoencoder", "{good}", "--weighting", "min_snr"],
             "add --weighting none",
         ),
-        (["unet", "--preset", "shapes-v2", "--autoencoder", "{good}"], "add --weighting none"),
         (["unet", "--autoencoder", "{good}", "--init-from", "{tmp}/nothing"], "nothing"),
         (["unet", "--autoencoder", "{good}", "--init-from", "{good}"], "model folder"),
         (
