@@ -15,9 +15,9 @@ latentdiff train autoencoder --output-dir "$runs/ae" --batch-size 16 --lr 1e-3 -
 
 # U-Net: v-prediction on the zero-terminal-SNR schedule (the preset's objective) with a plain v
 # loss, on a cache of 60,000 scenes; 3e-4 held from the warm-up's end to step 8,250, then a
-# cosine decay to 0 at step 12,750 (warm-up, stable, decay).
+# cosine decay to 0 at step 11,250 (warm-up, stable, decay).
 latentdiff train unet --autoencoder "$runs/ae" --output-dir "$runs/unet" --cache-size 60000 \
-  --batch-size 64 --lr 3e-4 --warmup 200 --ema-decay 0.998 --steps 12750 --lr-schedule cosine \
+  --batch-size 64 --lr 3e-4 --warmup 200 --ema-decay 0.998 --steps 11250 --lr-schedule cosine \
   --cosine-from 8250 --checkpoint-every 250 --no-progress
 
 # CLIP (text tower + ViT, contrastive on fresh renders): the CLIP-score model, unchanged since
