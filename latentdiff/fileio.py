@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
     """
     path = Path(path)
     tmp = temporary_name(path)
+    remove_stale_temporaries(path)
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -40,7 +42,7 @@ def atomic_folder(
     if not overwrite and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise UsageError(f"{folder} already exists and is not empty; refusing to overwrite it")
     tmp = temporary_name(folder)
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process with the same pid
+    remove_stale_temporaries(folder)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
@@ -80,3 +82,32 @@ def temporary_name(path: Path) -> Path:
     # Hidden, beside the target (os.replace is atomic only within one filesystem), unique per
     # process; created by the writer itself so that it gets the usual umask permissions.
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete `path`'s temporaries (see `temporary_name`) left by processes that no longer run.
+
+    A process killed mid-write leaves its hidden temporary behind (a whole model folder, for
+    a killed training run); the next writer of `path` removes it. A temporary of a live process
+    (another rank, a parallel writer) is kept, and so is one whose pid cannot be checked.
+    """
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        owner = candidate.name[len(path.name) + 2 : -len(".tmp")].removeprefix("old.")
+        if owner.isdigit() and (int(owner) == os.getpid() or not process_running(int(owner))):
+            if candidate.is_dir() and not candidate.is_symlink():
+                shutil.rmtree(candidate, ignore_errors=True)
+            else:
+                candidate.unlink(missing_ok=True)
+
+
+def process_running(pid: int) -> bool:
+    """Whether process `pid` exists; True where that cannot be asked (not POSIX)."""
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would send CTRL_C_EVENT on Windows
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
