@@ -20,6 +20,7 @@ as wrong in every category and is listed in `Report.bad_prompts`.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import permutations
@@ -95,7 +96,23 @@ def _score_single(spec: PromptSpec, detection: Detection) -> dict[str, bool]:
     return results
 
 
-SINGLE_CRITERIA: tuple[str, ...] = ("count", "color", "shape", "size", "background")
+# The ways a prompt of each kind can fail, each checked on its own (see `failures`).
+FAILURE_CRITERIA: dict[str, tuple[str, ...]] = {
+    "single": ("count", "color", "shape", "size", "background", "position"),
+    "counting": ("count", "color", "shape"),
+    "two_object": ("count", "shape", "binding", "relation"),
+}
+
+
+def failures(spec: PromptSpec, detection: Detection) -> set[str]:
+    """Which of FAILURE_CRITERIA[spec.kind] the image misses; tells apart the ways a model
+    fails (e.g. it draws two objects but binds the colours to the wrong shapes)."""
+    if spec.kind == "single":
+        misplaced = spec.position is not None and not _score_single(spec, detection)["position"]
+        return single_failures(spec, detection) | ({"position"} if misplaced else set())
+    if spec.kind == "counting":
+        return counting_failures(spec, detection)
+    return two_object_failures(spec, detection)
 
 
 def single_failures(spec: PromptSpec, detection: Detection) -> set[str]:
@@ -114,6 +131,33 @@ def single_failures(spec: PromptSpec, detection: Detection) -> set[str]:
         failures.add("size")
     if spec.background not in (None, detection.background):
         failures.add("background")
+    return failures
+
+
+def counting_failures(spec: PromptSpec, detection: Detection) -> set[str]:
+    """ "count": not exactly N objects; "color"/"shape": some object (or, with none, the
+    image) lacks the named one. Empty exactly when `counting` passes."""
+    named, objects = spec.objects[0], detection.objects
+    failures = set() if len(objects) == spec.count else {"count"}
+    for criterion, wanted in (("color", named.color), ("shape", named.shape)):
+        if not objects or any(getattr(o, criterion) != wanted for o in objects):
+            failures.add(criterion)
+    return failures
+
+
+def two_object_failures(spec: PromptSpec, detection: Detection) -> set[str]:
+    """ "count": not exactly two objects; "shape": the named shapes are not all there (both
+    circles, for "a red circle … a blue circle"); "binding": a named colour–shape pair has no
+    object; "relation": both pairs are there but no placement of them satisfies the relation.
+    Empty exactly when every category of the prompt passes."""
+    objects = detection.objects
+    failures = set() if len(objects) == 2 else {"count"}
+    if Counter(named.shape for named in spec.objects) - Counter(o.shape for o in objects):
+        failures.add("shape")
+    if any(not any(_is(o, named) for o in objects) for named in spec.objects):
+        failures.add("binding")
+    elif spec.relation is not None and not _score_two_objects(spec, objects)["position"]:
+        failures.add("relation")
     return failures
 
 

@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 
 from latentdiff.evaluation.detector import DetectedObject, Detection
-from latentdiff.evaluation.scoring import CATEGORIES, score, score_image, single_failures, tally
+from latentdiff.evaluation.scoring import (
+    CATEGORIES,
+    FAILURE_CRITERIA,
+    failures,
+    score,
+    score_image,
+    single_failures,
+    tally,
+)
 from latentdiff.world.captions import parse_caption
 from latentdiff.world.render import render_scene
 from latentdiff.world.scenes import Scene, SceneObject
@@ -59,6 +67,95 @@ def test_a_passing_single_prompt_has_no_failures():
         single_failures(parse_caption("a large red circle on a white background"), detection)
         == set()
     )
+
+
+@pytest.mark.parametrize(
+    ("prompt", "objects", "missed"),
+    [
+        ("three red circles", [obj("red", "circle", 10 * k, 30) for k in (1, 3)], {"count"}),
+        (
+            "two red circles",
+            [obj("red", "circle", 10, 30), obj("red", "square", 40, 30)],
+            {"shape"},
+        ),
+        (
+            "two red circles",
+            [
+                obj("blue", "square", 10, 30),
+                obj("red", "circle", 40, 30),
+                obj("red", "circle", 50, 9),
+            ],
+            {"count", "color", "shape"},
+        ),
+        ("four blue triangles", [], {"count", "color", "shape"}),
+        (
+            "a red circle to the left of a blue square",
+            [obj("blue", "circle", 10, 30), obj("red", "square", 40, 30)],
+            {"binding"},
+        ),
+        (
+            "a red circle to the left of a blue square",
+            [obj("blue", "square", 10, 30), obj("red", "circle", 40, 30)],
+            {"relation"},
+        ),
+        (
+            "a red circle above a blue circle",
+            [obj("red", "circle", 30, 10), obj("blue", "square", 30, 40)],
+            {"shape", "binding"},
+        ),
+        (
+            "a red circle below a green triangle",
+            [obj("red", "circle", 30, 50)],
+            {"count", "shape", "binding"},
+        ),
+        (
+            "a red circle to the right of a blue square",
+            [
+                obj("red", "circle", 50, 30),
+                obj("blue", "square", 10, 30),
+                obj("red", "circle", 5, 5),
+            ],
+            {"count"},
+        ),
+    ],
+)
+def test_counting_and_two_object_failures_name_each_missed_criterion(prompt, objects, missed):
+    spec = parse_caption(prompt)
+    found = failures(spec, Detection("gray", tuple(objects)))
+    assert found == missed
+    assert found <= set(FAILURE_CRITERIA[spec.kind])
+
+
+def test_failures_are_empty_exactly_when_every_category_passes():
+    rng = np.random.default_rng(0)
+    colors, shapes = ("red", "blue"), ("circle", "square")
+    prompts = [
+        "a red circle",
+        "a small blue square at the top on a white background",
+        "two red circles",
+        "three blue squares",
+        "a red circle to the left of a blue square",
+        "a blue circle above a red circle",
+    ]
+    passed = 0
+    for _ in range(1000):
+        n = int(rng.integers(0, 4))
+        objects = tuple(
+            obj(
+                str(rng.choice(colors)),
+                str(rng.choice(shapes)),
+                *rng.uniform(0, 64, 2),
+                size=str(rng.choice(["small", "large"])),
+            )
+            for _ in range(n)
+        )
+        background = str(rng.choice(["white", "gray"]))
+        for prompt in prompts:
+            spec, detection = parse_caption(prompt), Detection(background, objects)
+            all_pass = all(score_image(spec, detection).values())
+            assert (failures(spec, detection) == set()) == all_pass, (prompt, objects)
+            passed += all_pass
+    assert passed > 50  # the draw covers passing images, not only failing ones
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,82 @@
+"""Why prompts fail: per prompt kind, the share of prompts missing each criterion, per model.
+
+Generates the evaluation suite's prompts exactly as `latentdiff evaluate model` does (image k
+with seed k, so these are the very images its scores judged) and sorts every miss by
+`latentdiff.evaluation.scoring.failures`:
+    single      count, color, shape, size, background, position
+    counting    count, color, shape
+    two_object  count, shape, binding (a named colour–shape pair is missing), relation (both
+                pairs are there, the relation between them does not hold)
+"correct" is the share of prompts that pass every category they count in. A criterion that only
+some prompts name (size, background, position) is a share of the prompts that name it. One JSON
+line per model.
+
+    python benchmarks/failures.py --model shapes --model /work/runs/unet/model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from latentdiff.evaluation.adherence import generate_for_prompts
+from latentdiff.evaluation.detector import detect
+from latentdiff.evaluation.scoring import FAILURE_CRITERIA, failures
+from latentdiff.evaluation.suite import evaluation_suite
+from latentdiff.pipelines.pipeline import load_pipeline
+from latentdiff.pipelines.request import GenerationRequest
+from latentdiff.world.captions import parse_caption
+from latentdiff.world.spec import PromptSpec
+
+# Criteria that a prompt may or may not name; their shares count only the prompts naming them.
+NAMED_BY = {
+    "size": lambda spec: spec.objects[0].size is not None,
+    "background": lambda spec: spec.background is not None,
+    "position": lambda spec: spec.position is not None,
+}
+
+
+def breakdown(specs: list[PromptSpec], missed: list[set[str]]) -> dict:
+    """Per kind: prompt count, share correct, and share missing each criterion."""
+    result = {}
+    for kind, criteria in FAILURE_CRITERIA.items():
+        rows = [(s, m) for s, m in zip(specs, missed, strict=True) if s.kind == kind]
+        shares = {}
+        for criterion in criteria:
+            named = [m for s, m in rows if NAMED_BY.get(criterion, lambda _: True)(s)]
+            shares[criterion] = round(sum(criterion in m for m in named) / max(len(named), 1), 3)
+        correct = sum(not m for _, m in rows) / max(len(rows), 1)
+        result[kind] = {"prompts": len(rows), "correct": round(correct, 3), "missed": shares}
+    return result
+
+
+def measure(model: str, args: argparse.Namespace) -> dict:
+    prompts = evaluation_suite()[: args.limit]
+    request = GenerationRequest(
+        prompt=prompts[0],
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        sampler=args.sampler,
+        seed=0,
+    )
+    images = generate_for_prompts(load_pipeline(model, device=args.device), prompts, request)
+    specs = [parse_caption(p) for p in prompts]
+    missed = [failures(s, detect(i)) for s, i in zip(specs, images, strict=True)]
+    return {"model": model, "guidance": args.guidance, **breakdown(specs, missed)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", required=True, help="repeatable")
+    parser.add_argument("--sampler", default="dpmpp_2m")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--limit", type=int, default=None, help="first N suite prompts")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    for model in args.model:
+        print(json.dumps(measure(model, args)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
