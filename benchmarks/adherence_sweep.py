@@ -41,6 +41,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", default="20")
     parser.add_argument("--guidance", default="5")
     parser.add_argument("--guidance-rescale", type=float, default=0.0, help="φ of CFG rescaling")
+    parser.add_argument(
+        "--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+        help="guide only for σ in (LO, HI]",
+    )  # fmt: skip
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", required=True, help="JSON-lines results (appended)")
@@ -67,6 +71,7 @@ def main() -> None:
         )
     )
     out = Path(args.out)
+    interval = None if args.guidance_interval is None else tuple(args.guidance_interval)
     for model, step in models(args):
         pipeline = load_pipeline(model, device=args.device)
         for sampler, steps, guidance in grid:
@@ -75,6 +80,7 @@ def main() -> None:
                 num_inference_steps=steps,
                 guidance_scale=guidance,
                 guidance_rescale=args.guidance_rescale,
+                guidance_interval=interval,
                 sampler=sampler,
                 seed=0,
             )
@@ -91,6 +97,7 @@ def main() -> None:
                 "steps": steps,
                 "guidance_scale": guidance,
                 "guidance_rescale": args.guidance_rescale,
+                "guidance_interval": interval,
                 "prompts": len(prompts),
                 **{k: None if v is None else round(v, 4) for k, v in report.to_dict().items()},
                 "seconds": round(time.perf_counter() - start, 1),
@@ -112,15 +119,17 @@ def plot(results: Path, png: Path, *, snapshots: bool) -> None:
     x_key = "samples_seen" if snapshots else "steps"
     fig, ax = plt.subplots(figsize=(6, 4))
 
-    def group(row: dict) -> tuple[str, str, float]:
-        return row.get("label") or "", row["sampler"], row["guidance_scale"]
+    def group(row: dict) -> tuple[str, str, float, str]:
+        interval = row.get("guidance_interval")
+        within = "" if interval is None else " in σ ({:g}, {:g}]".format(*interval)
+        return row.get("label") or "", row["sampler"], row["guidance_scale"], within
 
-    for label, sampler, guidance in sorted({group(r) for r in rows}):
-        line = sorted(
-            (r[x_key], r["overall"]) for r in rows if group(r) == (label, sampler, guidance)
-        )
+    for key in sorted({group(r) for r in rows}):
+        label, sampler, guidance, within = key
+        line = sorted((r[x_key], r["overall"]) for r in rows if group(r) == key)
         name = f"{label}: " if label else ""
-        ax.plot(*zip(*line, strict=True), marker="o", label=f"{name}{sampler}, CFG {guidance:g}")
+        legend = f"{name}{sampler}, CFG {guidance:g}{within}"
+        ax.plot(*zip(*line, strict=True), marker="o", label=legend)
     ax.set_xlabel("training samples seen" if snapshots else "sampling steps")
     ax.set_ylabel("adherence (overall)")
     ax.set_ylim(0, 1)

@@ -56,13 +56,20 @@ def measure(model: str, args: argparse.Namespace) -> dict:
         prompt=prompts[0],
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
+        guidance_interval=None if args.guidance_interval is None else tuple(args.guidance_interval),
         sampler=args.sampler,
         seed=0,
     )
     images = generate_for_prompts(load_pipeline(model, device=args.device), prompts, request)
     specs = [parse_caption(p) for p in prompts]
     missed = [failures(s, detect(i)) for s, i in zip(specs, images, strict=True)]
-    return {"model": model, "guidance": args.guidance, **breakdown(specs, missed)}
+    interval = args.guidance_interval
+    return {
+        "model": model,
+        "guidance": args.guidance,
+        "interval": interval,
+        **breakdown(specs, missed),
+    }
 
 
 def main() -> None:
@@ -71,6 +78,10 @@ def main() -> None:
     parser.add_argument("--sampler", default="dpmpp_2m")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument(
+        "--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+        help="guide only for σ in (LO, HI]",
+    )  # fmt: skip
     parser.add_argument("--limit", type=int, default=None, help="first N suite prompts")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()

@@ -19,7 +19,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from latentdiff.cli.generate import read_prompts  # the same prompt lines `generate` reads
+from latentdiff.cli.generate import (  # the same prompt lines and guidance options as `generate`
+    add_guidance_options,
+    guidance_interval,
+    read_prompts,
+)
 from latentdiff.errors import UsageError
 from latentdiff.evaluation.detector import MIN_IMAGE_SIZE, RELIABLE_IMAGE_SIZE
 from latentdiff.evaluation.scoring import CATEGORIES, Report, score
@@ -70,8 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--sampler", default="dpmpp_2m", help="sampler name")
     model.add_argument("--schedule", default="default", help="default or karras")
     model.add_argument("--steps", type=int, default=20, help="sampling steps")
-    model.add_argument("--guidance-scale", type=float, default=5.0, help="CFG scale")
-    model.add_argument("--guidance-rescale", type=float, default=0.0, help="φ of CFG rescaling")
+    add_guidance_options(model)
     model.add_argument("--seed", type=int, default=0, help="image k uses seed+k")
     model.add_argument("--width", type=int, default=None, help="pixels (default: the model's)")
     model.add_argument("--height", type=int, default=None, help="pixels (default: the model's)")
@@ -123,6 +126,7 @@ def run_model(args: argparse.Namespace) -> None:
         num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale,
         guidance_rescale=args.guidance_rescale,
+        guidance_interval=guidance_interval(args),
         sampler=args.sampler,
         schedule=args.schedule,
         seed=args.seed,

@@ -30,15 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--schedule", default="default", choices=SCHEDULES, help="sigma spacing")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps")
-    parser.add_argument(
-        "--guidance-scale", type=float, default=5.0, help="classifier-free guidance"
-    )
-    parser.add_argument(
-        "--guidance-rescale",
-        type=float,
-        default=0.0,
-        help="φ in [0, 1]: pull the guided output's std to the conditional one's (Lin et al.)",
-    )
+    add_guidance_options(parser)
     parser.add_argument(
         "--seed", type=int, default=None, help="image k uses seed+k (default: random)"
     )
@@ -66,6 +58,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_generate)
 
 
+def add_guidance_options(parser: argparse.ArgumentParser) -> None:
+    """Classifier-free guidance options, shared by `generate` and `evaluate model`."""
+    parser.add_argument(
+        "--guidance-scale", type=float, default=5.0, help="classifier-free guidance"
+    )
+    parser.add_argument(
+        "--guidance-rescale",
+        type=float,
+        default=0.0,
+        help="φ in [0, 1]: pull the guided output's std to the conditional one's (Lin et al.)",
+    )
+    parser.add_argument(
+        "--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+        help="guide only at noise levels σ in (LO, HI] (Kynkäänniemi et al.); HI may be inf",
+    )  # fmt: skip
+
+
+def guidance_interval(args: argparse.Namespace) -> tuple[float, float] | None:
+    return None if args.guidance_interval is None else tuple(args.guidance_interval)
+
+
 def run_generate(args: argparse.Namespace) -> None:
     prompts = plan_prompts(args)
     request = GenerationRequest(
@@ -74,6 +87,7 @@ def run_generate(args: argparse.Namespace) -> None:
         num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale,
         guidance_rescale=args.guidance_rescale,
+        guidance_interval=guidance_interval(args),
         sampler=args.sampler,
         schedule=args.schedule,
         seed=args.seed,

@@ -24,6 +24,7 @@ def cfg_denoiser(
     concat: Tensor | None = None,
     guidance_rescale: float = 0.0,
     c_skip: Callable[[Tensor], Tensor] | None = None,
+    interval: tuple[float, float] | None = None,
 ) -> DenoiseFn:
     """D'(x, σ) = D(x, σ, uncond) + s · (D(x, σ, cond) − D(x, σ, uncond)), in one batch.
 
@@ -33,9 +34,15 @@ def cfg_denoiser(
     `guidance_rescale` φ > 0 rescales the guided U-Net output towards the conditional one's
     standard deviation (Lin et al. 2024, §3.4; diffusers' `guidance_rescale`); it needs the
     denoiser's `c_skip(σ)`, since the U-Net output is D − c_skip·x up to a per-sample factor.
+    `interval` (σ_lo, σ_hi] limits guidance to those noise levels (Kynkäänniemi et al. 2024);
+    outside it D' = D(x, σ, cond), which needs only the conditional half of the batch.
     """
+
+    def conditional(x: Tensor, sigma: Tensor) -> Tensor:
+        return denoiser(x, sigma, cond, concat)
+
     if guidance_scale == 1:
-        return lambda x, sigma: denoiser(x, sigma, cond, concat)
+        return conditional
     if guidance_rescale and c_skip is None:
         raise ValueError("guidance_rescale needs the denoiser's c_skip")
 
@@ -43,12 +50,17 @@ def cfg_denoiser(
     concat_in = None if concat is None else torch.cat([concat, concat])
 
     def guided(x: Tensor, sigma: Tensor) -> Tensor:
+        inside = None if interval is None else (sigma > interval[0]) & (sigma <= interval[1])
+        if inside is not None and not inside.any():
+            return conditional(x, sigma)
         denoised = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), context, concat_in)
         denoised_uncond, denoised_cond = denoised.chunk(2)
         result = denoised_uncond + guidance_scale * (denoised_cond - denoised_uncond)
         if guidance_rescale:
             skip = c_skip(sigma).to(x.dtype)[:, None, None, None] * x
             result = skip + rescale_guided(result - skip, denoised_cond - skip, guidance_rescale)
+        if inside is not None and not inside.all():  # samples at different σ in one batch
+            result = torch.where(inside[:, None, None, None], result, denoised_cond)
         return result
 
     return guided

@@ -42,6 +42,11 @@ def format_parameters(
             if request.guidance_rescale
             else []
         ),
+        *(
+            [("Guidance interval", "{:g}-{:g}".format(*request.guidance_interval))]
+            if request.guidance_interval
+            else []
+        ),
         ("Seed", seed),
         ("Size", f"{width}x{height}"),
         ("Model", model),

@@ -57,6 +57,7 @@ class Pipeline:
         latents: torch.Tensor | None = None,
         schedule: str = "default",
         guidance_rescale: float = 0.0,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> list[Image.Image]:
         """Generate `num_images` images per prompt (parameter names and order as DESIGN.md's
         contract, diffusers' names; `schedule="karras"` switches the sigma spacing). Give
@@ -67,6 +68,7 @@ class Pipeline:
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             guidance_rescale=guidance_rescale,
+            guidance_interval=guidance_interval,
             sampler=sampler,
             schedule=schedule,
             seed=seed,

@@ -24,6 +24,8 @@ class GenerationRequest:
     guidance_scale: float = 5.0
     guidance_rescale: float = 0.0
     """φ of Lin et al.'s guidance rescaling (0 = plain CFG; they use 0.7 at zero terminal SNR)."""
+    guidance_interval: tuple[float, float] | None = None
+    """(σ_lo, σ_hi]: guide only at these noise levels (Kynkäänniemi et al. 2024); None: all."""
     sampler: str = "dpmpp_2m"
     schedule: str = "default"
     seed: int | None = None
@@ -55,6 +57,13 @@ class GenerationRequest:
             raise UsageError(f"guidance scale must be a finite number, got {self.guidance_scale}")
         if not 0 <= self.guidance_rescale <= 1:
             raise UsageError(f"guidance rescale must be in [0, 1], got {self.guidance_rescale}")
+        if self.guidance_interval is not None:
+            low, high = self.guidance_interval
+            if not (0 <= low < high and math.isfinite(low)):  # NaN fails every comparison
+                raise UsageError(
+                    f"guidance interval (LO, HI] needs 0 ≤ LO < HI and a finite LO, "
+                    f"got LO={low:g} HI={high:g}"
+                )
         if self.sampler not in samplers:
             raise UsageError(
                 f"unknown sampler {self.sampler!r}; choose one of {', '.join(samplers)}"

@@ -133,6 +133,7 @@ def txt2img_latents(
         concat=repaint_all_concat(components, len(seeds), height, width, device),
         guidance_rescale=request.guidance_rescale,
         c_skip=lambda sigma: denoiser.scalings(sigma)[0],
+        interval=request.guidance_interval,
     )
     x = initial_latents(latents.to(device, torch.float32), sigmas, sampler, settings)
     # Ancestral samplers continue each image's own generator past its starting noise.

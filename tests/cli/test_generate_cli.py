@@ -1,3 +1,4 @@
+import math
 import os
 import shutil
 from pathlib import Path
@@ -48,6 +49,19 @@ def test_single_prompt_writes_the_png_with_its_parameters(
         "a red circle", negative_prompt="a blue square", num_inference_steps=2,
         guidance_scale=4.5, sampler="ddim", seed=7,
     )  # fmt: skip
+    assert np.array_equal(pixels, np.array(expected))
+
+
+def test_guidance_interval_reaches_the_pipeline_and_the_png(
+    tiny_model_dir: Path, pipe: Pipeline, tmp_path: Path
+) -> None:
+    output = tmp_path / "interval.png"
+    assert generate(tiny_model_dir, "a red circle", "--seed", "3", "--guidance-scale", "9",
+                    "--guidance-interval", "0.5", "inf", "--output", str(output)) == 0  # fmt: skip
+    pixels, parameters = read_png(output)
+    assert "CFG scale: 9, Guidance interval: 0.5-inf, Seed: 3," in parameters
+    kwargs = {"num_inference_steps": 2, "sampler": "ddim", "seed": 3, "guidance_scale": 9.0}
+    (expected,) = pipe("a red circle", guidance_interval=(0.5, math.inf), **kwargs)
     assert np.array_equal(pixels, np.array(expected))
 
 
@@ -158,6 +172,10 @@ BAD_INPUTS = {  # case: (arguments after the model and FAST, expected message)
     "steps 0": ([P, "--steps", "0"], "steps must be at least 1"),
     "guidance nan": ([P, "--guidance-scale", "nan"], "guidance scale must be a finite number"),
     "rescale 2": ([P, "--guidance-rescale", "2"], "guidance rescale must be in [0, 1]"),
+    "interval reversed": (
+        [P, "--guidance-interval", "5", "1"],
+        "guidance interval (LO, HI] needs 0 ≤ LO < HI and a finite LO, got LO=5 HI=1",
+    ),
     "unknown sampler": ([P, "--sampler", "plms"], "unknown sampler 'plms'"),
     "width not a multiple": ([P, "--width", "17"], "width must be a positive multiple of 4"),
     "width fits f, not the U-Net": ([P, "--width", "18"], "width must be a positive multiple of 4"),

@@ -104,3 +104,37 @@ def test_guidance_rescale_needs_c_skip():
     with pytest.raises(ValueError, match="c_skip"):
         cfg_denoiser(RecordingDenoiser(), torch.ones(1, 2, 3), torch.ones(1, 2, 3), 5.0,
                      guidance_rescale=0.5)  # fmt: skip
+
+
+def guidance_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 3, 3, generator=generator)
+    cond, uncond = torch.randn(2, 2, 7, 8, generator=generator).unbind()
+    return x, cond, uncond
+
+
+@pytest.mark.parametrize(
+    ("sigma", "guided_rows"),
+    [(5.0, [True, True]), (0.5, [False, False]), (1.0, [False, False]), (8.0, [True, True])],
+)
+def test_guidance_interval_guides_only_for_sigma_in_lo_to_hi(sigma, guided_rows):
+    x, cond, uncond = guidance_inputs()
+    sigmas = torch.full((2,), sigma)
+    denoiser = RecordingDenoiser()
+    result = cfg_denoiser(denoiser, cond, uncond, 4.0, interval=(1.0, 8.0))(x, sigmas)
+    plain = cfg_denoiser(RecordingDenoiser(), cond, uncond, 4.0)(x, sigmas)
+    unguided = denoiser(x, sigmas, cond)
+    for row, guided in enumerate(guided_rows):
+        torch.testing.assert_close(result[row], (plain if guided else unguided)[row])
+    # Outside the interval only the conditional half runs: half the batch, half the cost.
+    assert denoiser.batch_sizes[0] == (4 if any(guided_rows) else 2)
+    assert not torch.equal(plain, unguided)  # the two cases differ, so the test can fail
+
+
+def test_guidance_interval_selects_per_sample_when_sigmas_differ():
+    x, cond, uncond = guidance_inputs()
+    sigmas = torch.tensor([5.0, 0.5])
+    result = cfg_denoiser(RecordingDenoiser(), cond, uncond, 4.0, interval=(1.0, 8.0))(x, sigmas)
+    plain = cfg_denoiser(RecordingDenoiser(), cond, uncond, 4.0)(x, sigmas)
+    torch.testing.assert_close(result[0], plain[0])
+    torch.testing.assert_close(result[1], RecordingDenoiser()(x, sigmas, cond)[1])

@@ -1,4 +1,5 @@
 import io
+import math
 import re
 
 import pytest
@@ -46,6 +47,12 @@ def test_guidance_rescale_is_written_only_when_used() -> None:
     request = GenerationRequest(prompt="a", guidance_scale=7.5, guidance_rescale=0.7)
     assert "CFG scale: 7.5, CFG Rescale phi: 0.7, Seed: 1," in parameters(request, seed=1)
     assert "CFG Rescale" not in parameters(GenerationRequest(prompt="a"), seed=1)
+
+
+def test_guidance_interval_is_written_only_when_given() -> None:
+    request = GenerationRequest(prompt="a", guidance_interval=(0.6, math.inf))
+    assert "CFG scale: 5, Guidance interval: 0.6-inf, Seed: 1," in parameters(request, seed=1)
+    assert "interval" not in parameters(GenerationRequest(prompt="a"), seed=1)
 
 
 def test_empty_negative_prompt_writes_no_negative_line() -> None:

@@ -47,6 +47,27 @@ def test_each_bad_value_is_a_usage_error_naming_it(overrides: dict, named: str) 
     assert str(next(iter(overrides.values()))) in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("interval", "shown"),
+    [
+        ((2.0, 1.0), "LO=2 HI=1"),
+        ((1.0, 1.0), "LO=1 HI=1"),
+        ((-0.5, 3.0), "LO=-0.5 HI=3"),
+        ((math.nan, 3.0), "LO=nan HI=3"),
+        ((0.5, math.nan), "LO=0.5 HI=nan"),
+        ((math.inf, math.inf), "LO=inf HI=inf"),
+    ],
+)
+def test_a_guidance_interval_must_be_a_range_of_noise_levels(interval, shown) -> None:
+    with pytest.raises(UsageError, match=rf"guidance interval \(LO, HI\] needs .*{shown}$"):
+        validate(guidance_interval=interval)
+
+
+def test_guidance_intervals_with_an_open_top_or_a_zero_bottom_pass() -> None:
+    for interval in ((0.0, 5.0), (1.0, math.inf), (0.28, 5.42)):
+        assert validate(guidance_interval=interval) is None
+
+
 def test_unknown_sampler_message_lists_the_choices() -> None:
     with pytest.raises(UsageError) as error:
         validate(sampler="plms")

@@ -1,4 +1,5 @@
 import copy
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -132,6 +133,23 @@ def test_given_seeded_noise_reproduces_the_seeded_run(components: Components) ->
     )  # fmt: skip
     assert torch.equal(given, seeded)
     assert not torch.allclose(other, seeded)
+
+
+def test_guidance_interval_guides_exactly_the_steps_whose_sigma_it_holds(
+    components: Components,
+) -> None:
+    request = GenerationRequest(prompt="a red circle", num_inference_steps=2, sampler="ddim")
+    first, second = request_sigmas(components.config, request, SchedulerSettings())[:2].tolist()
+
+    def run(**kwargs) -> torch.Tensor:
+        return sample(components, [5], prompt="a red circle", **kwargs)
+
+    every_step = run(guidance_scale=7.0, guidance_interval=(0.0, math.inf))
+    no_step = run(guidance_scale=7.0, guidance_interval=(first * 2, math.inf))
+    first_only = run(guidance_scale=7.0, guidance_interval=((first + second) / 2, first))
+    assert torch.equal(every_step, run(guidance_scale=7.0))
+    assert torch.equal(no_step, run(guidance_scale=1.0))
+    assert not torch.allclose(first_only, every_step) and not torch.allclose(first_only, no_step)
 
 
 def test_latents_of_the_wrong_shape_are_rejected(components: Components) -> None:
