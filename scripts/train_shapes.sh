@@ -20,6 +20,12 @@ latentdiff train unet --autoencoder "$runs/ae" --output-dir "$runs/unet" --cache
   --batch-size 64 --lr 3e-4 --warmup 200 --ema-decay 0.998 --steps 11250 --lr-schedule cosine \
   --cosine-from 8250 --checkpoint-every 250 --no-progress
 
+# A second cycle, resumed from step 11,250: the rate restarts at 1.5e-4 and decays on a cosine
+# to 0 at step 14,250 (+192,000 samples; 0.355 → 0.396 on the suite, docs/MODEL.md).
+latentdiff train unet --autoencoder "$runs/ae" --output-dir "$runs/unet" --cache-size 60000 \
+  --batch-size 64 --lr 1.5e-4 --warmup 200 --ema-decay 0.998 --steps 14250 --lr-schedule cosine \
+  --cosine-from 11250 --checkpoint-every 250 --no-progress
+
 # CLIP (text tower + ViT, contrastive on fresh renders): the CLIP-score model, unchanged since
 # the first model (whose run, /work/runs/clip, it comes from). 800 steps × 256, cosine from 5e-4.
 latentdiff train clip --output-dir "$runs/clip" --steps 800 --batch-size 256 --lr 5e-4 \
