@@ -97,7 +97,8 @@ def main() -> None:
                 "steps": steps,
                 "guidance_scale": guidance,
                 "guidance_rescale": args.guidance_rescale,
-                "guidance_interval": interval,
+                # As text: strict JSON has no infinity for an open top.
+                "guidance_interval": None if interval is None else "({:g}, {:g}]".format(*interval),
                 "prompts": len(prompts),
                 **{k: None if v is None else round(v, 4) for k, v in report.to_dict().items()},
                 "seconds": round(time.perf_counter() - start, 1),
@@ -121,7 +122,7 @@ def plot(results: Path, png: Path, *, snapshots: bool) -> None:
 
     def group(row: dict) -> tuple[str, str, float, str]:
         interval = row.get("guidance_interval")
-        within = "" if interval is None else " in σ ({:g}, {:g}]".format(*interval)
+        within = "" if interval is None else f" in σ {interval}"
         return row.get("label") or "", row["sampler"], row["guidance_scale"], within
 
     for key in sorted({group(r) for r in rows}):

@@ -63,11 +63,11 @@ def measure(model: str, args: argparse.Namespace) -> dict:
     images = generate_for_prompts(load_pipeline(model, device=args.device), prompts, request)
     specs = [parse_caption(p) for p in prompts]
     missed = [failures(s, detect(i)) for s, i in zip(specs, images, strict=True)]
-    interval = args.guidance_interval
+    interval = args.guidance_interval  # as text: strict JSON has no infinity for an open top
     return {
         "model": model,
         "guidance": args.guidance,
-        "interval": interval,
+        "interval": None if interval is None else "({:g}, {:g}]".format(*interval),
         **breakdown(specs, missed),
     }
 
