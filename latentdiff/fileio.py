@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -22,7 +23,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
     """
     path = Path(path)
     tmp = temporary_name(path)
-    remove_stale_temporaries(path)
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -30,6 +30,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
         tmp.unlink(missing_ok=True)
         raise_unwritable(path, error)
         raise
+    remove_stale_temporaries(path)  # only now: until `path` is new, they may be all there is
 
 
 def atomic_folder(
@@ -42,7 +43,7 @@ def atomic_folder(
     if not overwrite and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise UsageError(f"{folder} already exists and is not empty; refusing to overwrite it")
     tmp = temporary_name(folder)
-    remove_stale_temporaries(folder)
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process with the same pid
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
@@ -52,6 +53,7 @@ def atomic_folder(
         shutil.rmtree(tmp, ignore_errors=True)
         raise_unwritable(folder, error)
         raise
+    remove_stale_temporaries(folder)  # only now: until `folder` is new, they may be all there is
 
 
 def replace_folder(src: Path, dst: Path) -> None:
@@ -97,7 +99,8 @@ def remove_stale_temporaries(path: Path) -> None:
             if candidate.is_dir() and not candidate.is_symlink():
                 shutil.rmtree(candidate, ignore_errors=True)
             else:
-                candidate.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # best effort: the write itself succeeded
+                    candidate.unlink()
 
 
 def process_running(pid: int) -> bool:

@@ -87,6 +87,19 @@ def test_the_next_writer_removes_temporaries_of_killed_processes(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.png", "model"]
 
 
+def test_a_failed_write_keeps_the_temporaries_of_killed_processes(tmp_path: Path) -> None:
+    # After a kill between replace_folder's two renames they are all that is left of the folder.
+    target = tmp_path / "model"
+    old = leftover(target, dead_pid(), old=True)
+
+    def fail(tmp: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(UsageError, match="No space left"):
+        atomic_folder(target, fail)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [old.name]
+
+
 def test_temporaries_of_running_processes_and_other_files_are_kept(tmp_path: Path) -> None:
     target = tmp_path / "model"
     alive = leftover(target, os.getppid())  # a parallel writer still at work
