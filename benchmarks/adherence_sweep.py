@@ -19,6 +19,8 @@ import json
 import time
 from pathlib import Path
 
+from common import guidance_fields
+
 from latentdiff.evaluation.adherence import evaluate_adherence
 from latentdiff.evaluation.suite import evaluation_suite
 from latentdiff.pipelines.pipeline import load_pipeline
@@ -39,11 +41,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--label", default=None, help="the run's name in the plot legend")
     parser.add_argument("--samplers", default="dpmpp_2m")
     parser.add_argument("--steps", default="20")
-    parser.add_argument("--guidance", default="5")
-    parser.add_argument("--guidance-rescale", type=float, default=0.0, help="φ of CFG rescaling")
+    parser.add_argument("--guidance", default=None, help="scales, e.g. 2,5 (default: the model's)")
+    parser.add_argument(
+        "--guidance-rescale", type=float, default=None, help="φ of CFG rescaling (the model's)"
+    )
     parser.add_argument(
         "--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-        help="guide only for σ in (LO, HI]",
+        help="guide only for σ in (LO, HI]; 0 inf: every step (default: the model's)",
     )  # fmt: skip
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--device", default="auto")
@@ -67,7 +71,7 @@ def main() -> None:
         itertools.product(
             args.samplers.split(","),
             [int(s) for s in args.steps.split(",")],
-            [float(g) for g in args.guidance.split(",")],
+            [None] if args.guidance is None else [float(g) for g in args.guidance.split(",")],
         )
     )
     out = Path(args.out)
@@ -83,7 +87,7 @@ def main() -> None:
                 guidance_interval=interval,
                 sampler=sampler,
                 seed=0,
-            )
+            ).with_defaults(pipeline.sampling_defaults)  # so that the row names what was used
             start = time.perf_counter()
             report = evaluate_adherence(pipeline, prompts, request)
             row = {
@@ -95,10 +99,7 @@ def main() -> None:
                 "label": args.label,
                 "sampler": sampler,
                 "steps": steps,
-                "guidance_scale": guidance,
-                "guidance_rescale": args.guidance_rescale,
-                # As text: strict JSON has no infinity for an open top.
-                "guidance_interval": None if interval is None else "({:g}, {:g}]".format(*interval),
+                **guidance_fields(request),
                 "prompts": len(prompts),
                 **{k: None if v is None else round(v, 4) for k, v in report.to_dict().items()},
                 "seconds": round(time.perf_counter() - start, 1),

@@ -28,6 +28,7 @@ from latentdiff.checkpoints.bundle import Components, build_components, save_com
 from latentdiff.config import shapes_config
 from latentdiff.models.tokenizer import build_world_tokenizer
 from latentdiff.pipelines.pipeline import Pipeline, load_pipeline
+from latentdiff.pipelines.request import GenerationRequest
 
 T = TypeVar("T")
 
@@ -188,3 +189,14 @@ def machine_summary(environ: Mapping[str, str] = os.environ) -> str:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     openmp = "".join(f", {k}={environ[k]}" for k in OPENMP_VARIABLES if k in environ)
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}{openmp}, load average {load}"
+
+
+def guidance_fields(request: GenerationRequest) -> dict[str, float | str | None]:
+    """The guidance a resolved request (`with_defaults`) used, for a JSON row; the interval as
+    text, since strict JSON has no infinity for an open top."""
+    interval = request.guidance_interval
+    return {
+        "guidance_scale": request.guidance_scale,
+        "guidance_rescale": request.guidance_rescale,
+        "guidance_interval": None if interval is None else "({:g}, {:g}]".format(*interval),
+    }

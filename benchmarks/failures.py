@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from common import guidance_fields
+
 from latentdiff.evaluation.adherence import generate_for_prompts
 from latentdiff.evaluation.detector import detect
 from latentdiff.evaluation.scoring import FAILURE_CRITERIA, failures
@@ -52,24 +54,20 @@ def breakdown(specs: list[PromptSpec], missed: list[set[str]]) -> dict:
 
 def measure(model: str, args: argparse.Namespace) -> dict:
     prompts = evaluation_suite()[: args.limit]
+    pipeline = load_pipeline(model, device=args.device)
     request = GenerationRequest(
         prompt=prompts[0],
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
+        guidance_rescale=args.guidance_rescale,
         guidance_interval=None if args.guidance_interval is None else tuple(args.guidance_interval),
         sampler=args.sampler,
         seed=0,
-    )
-    images = generate_for_prompts(load_pipeline(model, device=args.device), prompts, request)
+    ).with_defaults(pipeline.sampling_defaults)  # so that the row names what was used
+    images = generate_for_prompts(pipeline, prompts, request)
     specs = [parse_caption(p) for p in prompts]
     missed = [failures(s, detect(i)) for s, i in zip(specs, images, strict=True)]
-    interval = args.guidance_interval  # as text: strict JSON has no infinity for an open top
-    return {
-        "model": model,
-        "guidance": args.guidance,
-        "interval": None if interval is None else "({:g}, {:g}]".format(*interval),
-        **breakdown(specs, missed),
-    }
+    return {"model": model, **guidance_fields(request), **breakdown(specs, missed)}
 
 
 def main() -> None:
@@ -77,10 +75,11 @@ def main() -> None:
     parser.add_argument("--model", action="append", required=True, help="repeatable")
     parser.add_argument("--sampler", default="dpmpp_2m")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--guidance", type=float, default=None, help="default: the model's")
+    parser.add_argument("--guidance-rescale", type=float, default=None, help="default: the model's")
     parser.add_argument(
         "--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-        help="guide only for σ in (LO, HI]",
+        help="guide only for σ in (LO, HI]; 0 inf: every step (default: the model's)",
     )  # fmt: skip
     parser.add_argument("--limit", type=int, default=None, help="first N suite prompts")
     parser.add_argument("--device", default="auto")

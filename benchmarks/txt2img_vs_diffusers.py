@@ -18,6 +18,7 @@ the pixels differ.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
@@ -83,6 +84,9 @@ def run_ours(pipe: Pipeline, latents: torch.Tensor, steps: int) -> np.ndarray:
             PROMPT,
             num_inference_steps=steps,
             guidance_scale=GUIDANCE_SCALE,
+            # diffusers' guidance, whatever the model's own defaults: plain CFG at every step.
+            guidance_rescale=0.0,
+            guidance_interval=(0.0, math.inf),
             sampler="dpmpp_2m",
             seed=0,
             num_images=len(latents),

@@ -37,6 +37,23 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+TINY_SAMPLING = {"guidance_scale": 3.0, "guidance_rescale": 0.5, "guidance_interval": [0.5, None]}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_with_defaults_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`tiny_model_dir` whose config.json names its own sampling defaults (`TINY_SAMPLING`:
+    guidance 3, rescale 0.5, guided at σ > 0.5), as the bundled model's does."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("tiny_defaults") / "tiny_defaults"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "sampling": TINY_SAMPLING}))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def sd_tokenizer_folder():
     """`sd_tokenizer_folder(folder, pad_token)` writes a CLIP tokenizer folder with a byte-level vocabulary (`write_byte_level_tokenizer`)."""

@@ -30,6 +30,8 @@ def test_the_bundle_is_complete_small_and_of_the_shapes_architecture() -> None:
         expected.diffusion,
         expected.sample_size,
     )
+    # The sampling defaults measured on these weights, as the recipe's preset writes them.
+    assert config.sampling == expected.sampling
     # Normalised per channel at training; otherwise the preset's autoencoder.
     assert config.autoencoder.latents_std is not None
     unnormalised = dataclasses.replace(config.autoencoder, latents_mean=None, latents_std=None)

@@ -1,8 +1,10 @@
 import dataclasses
+import json
+import math
 
 import pytest
 
-from latentdiff.config import PRESETS, ModelConfig, UNetConfig
+from latentdiff.config import PRESETS, ModelConfig, SamplingConfig, UNetConfig, shapes_config
 from latentdiff.errors import UsageError
 
 
@@ -40,3 +42,43 @@ def test_shapes_differs_from_shapes_v1_only_in_autoencoder_width_and_objective()
         True,
     )
     assert (v2.unet, v2.text_encoder, v2.sample_size) == (v1.unet, v1.text_encoder, v1.sample_size)
+
+
+def test_sampling_defaults_round_trip_through_strict_json() -> None:
+    config = dataclasses.replace(
+        ModelConfig(),
+        sampling=SamplingConfig(guidance_scale=2.0, guidance_interval=(0.6, None)),
+    )
+    text = json.dumps(config.to_dict(), allow_nan=False)  # an open top is null, not Infinity
+    loaded = ModelConfig.from_dict(json.loads(text))
+    assert loaded == config
+    assert loaded.sampling.interval == (0.6, math.inf)
+
+
+def test_a_config_without_sampling_gets_the_project_defaults() -> None:
+    data = ModelConfig().to_dict()
+    del data["sampling"]
+    assert ModelConfig.from_dict(data).sampling == SamplingConfig(5.0, 0.0, None)
+
+
+@pytest.mark.parametrize(
+    ("sampling", "named"),
+    [
+        ({"guidance_scale": math.nan}, "guidance_scale"),
+        ({"guidance_rescale": 1.5}, "guidance_rescale"),
+        ({"guidance_interval": [2.0, 1.0]}, "guidance_interval"),
+        ({"guidance_interval": [-1.0, None]}, "guidance_interval"),
+        ({"guidance_interval": [0.5]}, "SamplingConfig"),
+        ({"steps": 20}, "unknown config key"),
+    ],
+)
+def test_bad_sampling_defaults_are_a_usage_error(sampling: dict, named: str) -> None:
+    data = {**ModelConfig().to_dict(), "sampling": sampling}
+    with pytest.raises(UsageError, match=named):
+        ModelConfig.from_dict(data)
+
+
+def test_the_shapes_preset_samples_with_its_measured_defaults() -> None:
+    # docs/MODEL.md measures these on the bundled weights; SD presets keep the usual ones.
+    assert shapes_config().sampling != SamplingConfig()
+    assert PRESETS["sd15"]().sampling == SamplingConfig()

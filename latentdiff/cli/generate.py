@@ -59,19 +59,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_guidance_options(parser: argparse.ArgumentParser) -> None:
-    """Classifier-free guidance options, shared by `generate` and `evaluate model`."""
+    """Classifier-free guidance options, shared by `generate` and `evaluate model`; each left
+    unset is the model's default (its config's `sampling`: guidance 5, no rescale, every step
+    unless the model says otherwise)."""
     parser.add_argument(
-        "--guidance-scale", type=float, default=5.0, help="classifier-free guidance"
-    )
+        "--guidance-scale", type=float, default=None,
+        help="classifier-free guidance (default: the model's; 5 for SD checkpoints)",
+    )  # fmt: skip
     parser.add_argument(
-        "--guidance-rescale",
-        type=float,
-        default=0.0,
-        help="φ in [0, 1]: pull the guided output's std to the conditional one's (Lin et al.)",
-    )
+        "--guidance-rescale", type=float, default=None,
+        help="φ in [0, 1]: pull the guided output's std to the conditional one's (Lin et al.; "
+        "default: the model's, 0 for SD checkpoints)",
+    )  # fmt: skip
     parser.add_argument(
         "--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-        help="guide only at noise levels σ in (LO, HI] (Kynkäänniemi et al.); HI may be inf",
+        help="guide only at noise levels σ in (LO, HI] (Kynkäänniemi et al.); HI may be inf; "
+        "0 inf guides every step (default: the model's, every step for SD checkpoints)",
     )  # fmt: skip
 
 

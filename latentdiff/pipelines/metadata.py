@@ -28,7 +28,8 @@ A1111_SAMPLER_NAMES = {
 def format_parameters(
     request: GenerationRequest, *, seed: int, width: int, height: int, model: str
 ) -> str:
-    """The `parameters` text for one image generated with `seed`."""
+    """The `parameters` text for one image generated with `seed`; `request` is resolved against
+    its model (`with_defaults`), so that the text names the guidance actually used."""
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")

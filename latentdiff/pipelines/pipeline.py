@@ -13,6 +13,7 @@ from PIL import Image
 
 from latentdiff.checkpoints.bundle import Components
 from latentdiff.checkpoints.sources import LoadOptions, load_model
+from latentdiff.config import SamplingConfig
 from latentdiff.devices import resolve_device, resolve_dtype
 from latentdiff.diffusion.schedules import SchedulerSettings
 from latentdiff.models.attention import set_attention_slice
@@ -39,6 +40,11 @@ class Pipeline:
             set_attention_slice(module, slice_size)
 
     @property
+    def sampling_defaults(self) -> SamplingConfig:
+        """What guidance this model uses unless a call says otherwise (its config's `sampling`)."""
+        return self.components.config.sampling
+
+    @property
     def device(self) -> torch.device:
         return next(self.components.unet.parameters()).device
 
@@ -47,7 +53,7 @@ class Pipeline:
         prompt: str | list[str],
         negative_prompt: str | list[str] | None = None,
         num_inference_steps: int = 20,
-        guidance_scale: float = 5.0,
+        guidance_scale: float | None = None,
         sampler: str = "dpmpp_2m",
         seed: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -56,12 +62,13 @@ class Pipeline:
         num_images: int = 1,
         latents: torch.Tensor | None = None,
         schedule: str = "default",
-        guidance_rescale: float = 0.0,
+        guidance_rescale: float | None = None,
         guidance_interval: tuple[float, float] | None = None,
     ) -> list[Image.Image]:
         """Generate `num_images` images per prompt (parameter names and order as DESIGN.md's
         contract, diffusers' names; `schedule="karras"` switches the sigma spacing). Give
-        `seed` or `generator` (one, or one per image), not both: see `resolve_seeds`."""
+        `seed` or `generator` (one, or one per image), not both: see `resolve_seeds`. Guidance
+        left as None is the model's default (`sampling_defaults`)."""
         request = GenerationRequest(
             prompt=prompt,
             negative_prompt=negative_prompt,
@@ -91,7 +98,9 @@ class Pipeline:
         generator: torch.Generator | list[torch.Generator] | None = None,
         callback: Callable[[dict], None] | None = None,
     ) -> tuple[list[Image.Image], list[str]]:
-        """Images for `request`, and for each the A1111-style `parameters` text to store with it."""
+        """Images for `request`, and for each the A1111-style `parameters` text to store with it
+        (with the values actually used: the model's defaults for what `request` leaves unset)."""
+        request = request.with_defaults(self.sampling_defaults)
         seeds = resolve_seeds(request, generator)
         z = txt2img_latents(
             self.components,

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
+from latentdiff.config import SamplingConfig, valid_interval
 from latentdiff.errors import UsageError
+
+T = TypeVar("T")
 
 SCHEDULES = ("default", "karras")
 MAX_SEED = 2**64 - 1
@@ -21,11 +25,14 @@ class GenerationRequest:
     negative_prompt: str | list[str] | None = None
     """Steers away from this text; None means the empty prompt (the unconditional model)."""
     num_inference_steps: int = 20
-    guidance_scale: float = 5.0
-    guidance_rescale: float = 0.0
-    """φ of Lin et al.'s guidance rescaling (0 = plain CFG; they use 0.7 at zero terminal SNR)."""
+    guidance_scale: float | None = None
+    """None: the model's default (`ModelConfig.sampling`; 5 unless the model says otherwise)."""
+    guidance_rescale: float | None = None
+    """φ of Lin et al.'s guidance rescaling (0 = plain CFG; they use 0.7 at zero terminal SNR);
+    None: the model's default."""
     guidance_interval: tuple[float, float] | None = None
-    """(σ_lo, σ_hi]: guide only at these noise levels (Kynkäänniemi et al. 2024); None: all."""
+    """(σ_lo, σ_hi]: guide only at these noise levels (Kynkäänniemi et al. 2024); None: the
+    model's default, which is every step unless the model says otherwise; (0, inf): every step."""
     sampler: str = "dpmpp_2m"
     schedule: str = "default"
     seed: int | None = None
@@ -33,6 +40,15 @@ class GenerationRequest:
     width: int | None = None
     num_images: int = 1
     """Images per prompt; image k of the whole batch uses seed `seed + k`."""
+
+    def with_defaults(self, sampling: SamplingConfig) -> GenerationRequest:
+        """This request with the model's sampling defaults wherever it leaves a value unset."""
+        return replace(
+            self,
+            guidance_scale=pick(self.guidance_scale, sampling.guidance_scale),
+            guidance_rescale=pick(self.guidance_rescale, sampling.guidance_rescale),
+            guidance_interval=pick(self.guidance_interval, sampling.interval),
+        )
 
     @property
     def prompts(self) -> list[str]:
@@ -53,13 +69,14 @@ class GenerationRequest:
         """Raise UsageError, naming the parameter, for any value the pipeline cannot honour."""
         if self.num_inference_steps < 1:
             raise UsageError(f"steps must be at least 1, got {self.num_inference_steps}")
-        if not math.isfinite(self.guidance_scale):
+        # An unset (None) guidance value is the model's default, checked with the model's config.
+        if self.guidance_scale is not None and not math.isfinite(self.guidance_scale):
             raise UsageError(f"guidance scale must be a finite number, got {self.guidance_scale}")
-        if not 0 <= self.guidance_rescale <= 1:
+        if self.guidance_rescale is not None and not 0 <= self.guidance_rescale <= 1:
             raise UsageError(f"guidance rescale must be in [0, 1], got {self.guidance_rescale}")
         if self.guidance_interval is not None:
             low, high = self.guidance_interval
-            if not (0 <= low < high and math.isfinite(low)):  # NaN fails every comparison
+            if not valid_interval(low, high):
                 raise UsageError(
                     f"guidance interval (LO, HI] needs 0 ≤ LO < HI and a finite LO, "
                     f"got LO={low:g} HI={high:g}"
@@ -89,3 +106,8 @@ class GenerationRequest:
                     f"{name} must be a positive multiple of {size_multiple} (the autoencoder's "
                     f"and the U-Net's downsampling together), got {side}"
                 )
+
+
+def pick(value: T | None, default: T) -> T:
+    """`value`, or `default` where it is None (unset)."""
+    return default if value is None else value

@@ -104,8 +104,10 @@ def txt2img_latents(
     latents: torch.Tensor | None = None,
     callback: Callable[[dict], None] | None = None,
 ) -> torch.Tensor:
-    """Sample diffusion-space latents (B, C, h, w) for `request`, image k's noise from seeds[k]."""
+    """Sample diffusion-space latents (B, C, h, w) for `request`, image k's noise from seeds[k];
+    guidance values the request leaves unset are the model's (`config.sampling`)."""
     config = components.config
+    request = request.with_defaults(config.sampling)
     sigmas = request_sigmas(config, request, scheduler)
     device = next(components.unet.parameters()).device
     f = config.autoencoder.downsample_factor

@@ -65,6 +65,25 @@ def test_guidance_interval_reaches_the_pipeline_and_the_png(
     assert np.array_equal(pixels, np.array(expected))
 
 
+def test_without_guidance_options_the_models_defaults_are_used_and_recorded(
+    tiny_model_with_defaults_dir: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "defaults.png"
+    assert generate(tiny_model_with_defaults_dir, "a red circle", "--seed", "4",
+                    "--output", str(output)) == 0  # fmt: skip
+    pixels, parameters = read_png(output)
+    assert "CFG scale: 3, CFG Rescale phi: 0.5, Guidance interval: 0.5-inf, Seed: 4," in parameters
+    own = load_pipeline(tiny_model_with_defaults_dir, device="cpu")
+    (expected,) = own("a red circle", num_inference_steps=2, sampler="ddim", seed=4)
+    assert np.array_equal(pixels, np.array(expected))
+    assert generate(tiny_model_with_defaults_dir, "a red circle", "--seed", "4", "--guidance-scale",
+                    "5", "--guidance-interval", "0", "inf", "--output", str(output)) == 0  # fmt: skip
+    assert (
+        "CFG scale: 5, CFG Rescale phi: 0.5, Guidance interval: 0-inf, Seed: 4,"
+        in read_png(output)[1]
+    )
+
+
 def test_dtype_runs_the_model_in_half_precision(tiny_model_dir: Path, tmp_path: Path) -> None:
     output = tmp_path / "half.png"
     assert generate(tiny_model_dir, "a red circle", "--seed", "5", "--dtype", "bf16",

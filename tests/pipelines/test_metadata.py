@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from latentdiff import __version__
+from latentdiff.config import SamplingConfig
 from latentdiff.diffusion.samplers import SAMPLERS
 from latentdiff.pipelines.metadata import A1111_SAMPLER_NAMES, format_parameters, png_info
 from latentdiff.pipelines.request import GenerationRequest
@@ -14,7 +15,9 @@ VERSION = f"latentdiff {__version__}"
 
 
 def parameters(request: GenerationRequest, seed: int = 7) -> str:
-    return format_parameters(request, seed=seed, width=64, height=32, model="shapes")
+    # The pipeline formats a request resolved against its model; these use the project defaults.
+    resolved = request.with_defaults(SamplingConfig())
+    return format_parameters(resolved, seed=seed, width=64, height=32, model="shapes")
 
 
 def test_layout_without_negative_prompt_is_two_lines() -> None:

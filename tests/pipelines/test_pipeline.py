@@ -1,3 +1,4 @@
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -197,6 +198,22 @@ def test_guidance_rescale_changes_guided_output_only(pipe: Pipeline) -> None:
     assert not np.array_equal(plain, run(pipe, guidance_scale=5.0, guidance_rescale=0.7))
     cond_only = run(pipe, guidance_scale=1.0)  # nothing to rescale without guidance
     assert np.array_equal(cond_only, run(pipe, guidance_scale=1.0, guidance_rescale=0.7))
+
+
+def test_unset_guidance_is_the_models_default_and_given_values_override_it(
+    pipe: Pipeline, tiny_model_with_defaults_dir: Path
+) -> None:
+    own = load_pipeline(tiny_model_with_defaults_dir, device="cpu")
+    assert own.sampling_defaults.guidance_interval == (0.5, None)
+    its_defaults = {"guidance_scale": 3.0, "guidance_rescale": 0.5}
+    expected = run(pipe, **its_defaults, guidance_interval=(0.5, math.inf))
+    assert np.array_equal(run(own), expected)
+    assert not np.array_equal(run(own), run(pipe))  # the project's defaults: 5, every step
+    # Every value given: the model's defaults play no part; (0, inf) is every step.
+    given = {"guidance_scale": 5.0, "guidance_rescale": 0.0, "guidance_interval": (0, math.inf)}
+    assert np.array_equal(run(own, **given), run(pipe))
+    (_,), (text,) = own.generate(GenerationRequest(prompt="a", num_inference_steps=2, seed=1))
+    assert "CFG scale: 3, CFG Rescale phi: 0.5, Guidance interval: 0.5-inf, Seed: 1," in text
 
 
 def test_negative_prompt_changes_the_guided_output(pipe: Pipeline) -> None:

@@ -2,6 +2,7 @@ import math
 
 import pytest
 
+from latentdiff.config import SamplingConfig
 from latentdiff.diffusion.samplers import SAMPLERS
 from latentdiff.errors import UsageError
 from latentdiff.pipelines.request import MAX_SEED, SCHEDULES, GenerationRequest
@@ -16,7 +17,16 @@ def validate(**overrides) -> None:
 
 def test_defaults_follow_diffusers_names_and_are_valid() -> None:
     request = GenerationRequest(prompt="a red circle")
-    assert (request.num_inference_steps, request.guidance_scale) == (20, 5.0)
+    assert request.num_inference_steps == 20
+    # Guidance left unset is the model's; without a model's say, SD's usual 5 at every step.
+    assert (request.guidance_scale, request.guidance_rescale, request.guidance_interval) == (
+        None,
+        None,
+        None,
+    )
+    resolved = request.with_defaults(SamplingConfig())
+    assert (resolved.guidance_scale, resolved.guidance_rescale) == (5.0, 0.0)
+    assert resolved.guidance_interval is None
     assert (request.sampler, request.schedule, request.num_images) == ("dpmpp_2m", "default", 1)
     assert request.validate(FACTOR, tuple(SAMPLERS)) is None
 
@@ -66,6 +76,29 @@ def test_a_guidance_interval_must_be_a_range_of_noise_levels(interval, shown) ->
 def test_guidance_intervals_with_an_open_top_or_a_zero_bottom_pass() -> None:
     for interval in ((0.0, 5.0), (1.0, math.inf), (0.28, 5.42)):
         assert validate(guidance_interval=interval) is None
+
+
+MODEL_DEFAULTS = SamplingConfig(
+    guidance_scale=2.0, guidance_rescale=0.7, guidance_interval=(0.6, None)
+)
+
+
+def test_unset_guidance_takes_the_models_defaults_with_an_open_top_as_infinity() -> None:
+    resolved = GenerationRequest(prompt="a").with_defaults(MODEL_DEFAULTS)
+    assert (resolved.guidance_scale, resolved.guidance_rescale) == (2.0, 0.7)
+    assert resolved.guidance_interval == (0.6, math.inf)
+    assert resolved.with_defaults(MODEL_DEFAULTS) == resolved  # resolving twice changes nothing
+
+
+def test_given_guidance_values_override_the_models_defaults() -> None:
+    given = GenerationRequest(
+        prompt="a", guidance_scale=7.5, guidance_rescale=0.0, guidance_interval=(0.0, math.inf)
+    )
+    assert given.with_defaults(MODEL_DEFAULTS) == given
+    # One value given, the others still the model's.
+    partly = GenerationRequest(prompt="a", guidance_scale=3.0).with_defaults(MODEL_DEFAULTS)
+    assert (partly.guidance_scale, partly.guidance_rescale) == (3.0, 0.7)
+    assert partly.guidance_interval == (0.6, math.inf)
 
 
 def test_unknown_sampler_message_lists_the_choices() -> None:
