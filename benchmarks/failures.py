@@ -8,8 +8,8 @@ with seed k, so these are the very images its scores judged) and sorts every mis
     two_object  count, shape, binding (a named colour–shape pair is missing), relation (both
                 pairs are there, the relation between them does not hold)
 "correct" is the share of prompts that pass every category they count in. A criterion that only
-some prompts name (size, background, position) is a share of the prompts that name it. One JSON
-line per model.
+some prompts name (size, background, position) is a share of the prompts that name it;
+`missed_by_phrase` splits the position and relation misses by phrase. One JSON line per model.
 
     python benchmarks/failures.py --model shapes --model /work/runs/unet/model
 """
@@ -49,7 +49,20 @@ def breakdown(specs: list[PromptSpec], missed: list[set[str]]) -> dict:
             shares[criterion] = round(sum(criterion in m for m in named) / max(len(named), 1), 3)
         correct = sum(not m for _, m in rows) / max(len(rows), 1)
         result[kind] = {"prompts": len(rows), "correct": round(correct, 3), "missed": shares}
+    result["missed_by_phrase"] = missed_by_phrase(specs, missed)
     return result
+
+
+def missed_by_phrase(specs: list[PromptSpec], missed: list[set[str]]) -> dict[str, float]:
+    """Per position phrase (single objects) and relation (two objects): the share of the
+    prompts naming it whose objects are drawn but misplaced."""
+    misses: dict[str, list[bool]] = {}
+    for spec, m in zip(specs, missed, strict=True):
+        phrase, criterion = (spec.position, "position") if spec.position else (
+            spec.relation, "relation")  # fmt: skip
+        if phrase is not None:
+            misses.setdefault(phrase, []).append(criterion in m)
+    return {phrase: round(sum(m) / len(m), 3) for phrase, m in sorted(misses.items())}
 
 
 def measure(model: str, args: argparse.Namespace) -> dict:
