@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from latentdiff.checkpoints.bundle import Components, build_components, save_components
-from latentdiff.config import ModelConfig, shapes_config
+from latentdiff.config import shapes_config
 from latentdiff.models.tokenizer import build_world_tokenizer
 from latentdiff.pipelines.pipeline import Pipeline, load_pipeline
 from latentdiff.pipelines.request import GenerationRequest
@@ -37,9 +37,9 @@ OPENMP_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 @torch.no_grad()
-def random_components(seed: int = 0, config: ModelConfig | None = None) -> Components:
-    """`config` (default: the `shapes` architecture) with random weights, no all-zero layers."""
-    config = config or shapes_config()
+def random_components(seed: int = 0) -> Components:
+    """The `shapes` architecture with random weights and no all-zero layers."""
+    config = shapes_config()
     torch.manual_seed(seed)
     components = build_components(
         config, build_world_tokenizer(vocab_size=config.text_encoder.vocab_size)
@@ -59,11 +59,10 @@ def perturb_zero_parameters(module: nn.Module, generator: torch.Generator) -> nn
     return module.eval().requires_grad_(False)
 
 
-def bench_pipeline(model: str | None, config: ModelConfig | None = None) -> Pipeline:
-    """A model folder's pipeline on the CPU, as users load it; random weights of `config`
-    (default: the `shapes` architecture) if None."""
+def bench_pipeline(model: str | None) -> Pipeline:
+    """A model folder's pipeline on the CPU, as users load it; random `shapes` weights if None."""
     if model is None:
-        return Pipeline(components=random_components(config=config), name="random-shapes")
+        return Pipeline(components=random_components(), name="random-shapes")
     return load_pipeline(model, device="cpu")
 
 

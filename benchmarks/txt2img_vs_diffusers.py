@@ -6,12 +6,10 @@ context (latentdiff's text encoder, run inside each timed call, fed to diffusers
 `prompt_embeds`), and the same sampler: `dpmpp_2m` against `DPMSolverMultistepScheduler` built
 from the scheduler config our diffusers export writes for the model. Runs alternate (ours,
 theirs, ours, …) in one process under `torch.inference_mode` with the same thread count, so load
-drifts hit both alike. The default is random weights of the `shapes-v2` preset: the bundled
-model's architecture without its position embedding, a layer diffusers' U-Net lacks (so the
-bundled model itself cannot be loaded into diffusers; the embedding's own cost is one small
-linear layer per transformer). With `--model` (a model diffusers can load) the timing holds but
-the pixels differ if its latents are normalised per channel (`latents_mean`/`latents_std`),
-which diffusers' StableDiffusionPipeline does not apply before decoding.
+drifts hit both alike. The default is random weights of the shapes preset: the bundled model's
+latents are normalised per channel (`latents_mean`/`latents_std`), which diffusers'
+StableDiffusionPipeline does not apply before decoding, so with `--model` the timing holds but
+the pixels differ.
 
     python benchmarks/txt2img_vs_diffusers.py [--model PATH] [--steps 20] [--batch 1]
                                               [--runs 5] [--threads 2]
@@ -41,7 +39,6 @@ from latentdiff.checkpoints.diffusers_layout import (
     diffusers_vae_config,
     unet_to_diffusers,
 )
-from latentdiff.config import shapes_v2_config
 from latentdiff.diffusion.schedules import SchedulerSettings
 from latentdiff.pipelines.common import encode_prompt
 from latentdiff.pipelines.pipeline import Pipeline
@@ -121,7 +118,7 @@ def run_theirs(
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="model folder (default: random shapes-v2)")
+    parser.add_argument("--model", default=None, help="model folder (default: random shapes)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=1, help="images per call (U-Net sees 2×)")
     parser.add_argument("--runs", type=int, default=5, help="timed runs of each, after warm-up")
@@ -133,7 +130,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     diffusers_logging.set_verbosity_error()  # the disabled safety checker is intended
-    ours = bench_pipeline(args.model, shapes_v2_config())
+    ours = bench_pipeline(args.model)
     components = ours.components
     theirs = diffusers_pipeline(components, ours.scheduler)
     config = components.config

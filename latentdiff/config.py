@@ -101,11 +101,6 @@ class UNetConfig:
     only_cross_attention: tuple[bool, ...] | None = None
     """Per level: the transformers' first attention attends to the text, not to the pixels
     (SD's x4 upscaler: all levels but the lowest); None means never."""
-    position_embedding: bool = False
-    """Add where each pixel is (sinusoids of its coordinates as fractions of the feature map)
-    to the spatial transformers' tokens. Not in SD, whose attention knows position only from
-    the convolutions' zero padding; without it the shapes model never learnt "on the left"
-    (docs/MODEL.md). diffusers' U-Net has no such layer."""
 
     def __post_init__(self) -> None:
         _check(
@@ -366,16 +361,7 @@ def default_clip_config() -> CLIPConfig:
 
 def shapes_config() -> ModelConfig:
     """The bundled Shapes World model: 64×64 images, f=4 latents of 16×16×4, v-prediction on the
-    zero-terminal-SNR schedule, a position embedding in the U-Net's transformers (docs/MODEL.md)."""
-    base = shapes_v2_config()
-    # Without it the U-Net placed "on the left" and "on the right" alike; added to the trained
-    # v2 U-Net (at zero, so nothing changed) and fine-tuned: scripts/train_shapes.sh.
-    return replace(base, unet=replace(base.unet, position_embedding=True))
-
-
-def shapes_v2_config() -> ModelConfig:
-    """The v2 architecture before the position embedding: what the recipe's first U-Net stages
-    train (scripts/train_shapes.sh)."""
+    zero-terminal-SNR schedule (docs/MODEL.md)."""
     base = shapes_v1_config()
     return replace(
         base,
@@ -527,7 +513,6 @@ def sd2_inpainting_config() -> ModelConfig:
 
 PRESETS = {
     "shapes": shapes_config,
-    "shapes-v2": shapes_v2_config,
     "shapes-v1": shapes_v1_config,
     "tiny": tiny_config,
     "sd15": sd15_config,

@@ -16,27 +16,15 @@ latentdiff train autoencoder --output-dir "$runs/ae" --batch-size 16 --lr 1e-3 -
 # U-Net: v-prediction on the zero-terminal-SNR schedule (the preset's objective) with a plain v
 # loss, on a cache of 60,000 scenes; 3e-4 held from the warm-up's end to step 8,250, then a
 # cosine decay to 0 at step 11,250 (warm-up, stable, decay).
-latentdiff train unet --preset shapes-v2 --autoencoder "$runs/ae" --output-dir "$runs/unet" \
-  --cache-size 60000 --batch-size 64 --lr 3e-4 --warmup 200 --ema-decay 0.998 --steps 11250 \
-  --lr-schedule cosine --cosine-from 8250 --checkpoint-every 250 --no-progress
+latentdiff train unet --autoencoder "$runs/ae" --output-dir "$runs/unet" --cache-size 60000 \
+  --batch-size 64 --lr 3e-4 --warmup 200 --ema-decay 0.998 --steps 11250 --lr-schedule cosine \
+  --cosine-from 8250 --checkpoint-every 250 --no-progress
 
 # A second cycle, resumed from step 11,250: the rate restarts at 1.5e-4 and decays on a cosine
 # to 0 at step 14,250 (+192,000 samples; 0.355 → 0.396 on the suite, docs/MODEL.md).
-latentdiff train unet --preset shapes-v2 --autoencoder "$runs/ae" --output-dir "$runs/unet" \
-  --cache-size 60000 --batch-size 64 --lr 1.5e-4 --warmup 200 --ema-decay 0.998 --steps 14250 --lr-schedule cosine \
+latentdiff train unet --autoencoder "$runs/ae" --output-dir "$runs/unet" --cache-size 60000 \
+  --batch-size 64 --lr 1.5e-4 --warmup 200 --ema-decay 0.998 --steps 14250 --lr-schedule cosine \
   --cosine-from 11250 --checkpoint-every 250 --no-progress
-
-# A position embedding in the U-Net's transformers (the `shapes` preset), added to the trained
-# U-Net at zero and fine-tuned jointly with the text encoder in a new run: the rate warms up to
-# 1.5e-4, holds to step 500 and decays on a cosine to 0 at step 1,300. The new run reuses the
-# first run's latent cache (the same scenes; a hard link saves encoding them again).
-mkdir -p "$runs/unet_position"
-[ -e "$runs/unet_position/latents.safetensors" ] \
-  || ln "$runs/unet/latents.safetensors" "$runs/unet_position/latents.safetensors"
-latentdiff train unet --autoencoder "$runs/ae" --output-dir "$runs/unet_position" \
-  --init-from "$runs/unet/model" --cache-size 60000 --batch-size 64 --lr 1.5e-4 --warmup 100 \
-  --ema-decay 0.998 --steps 1300 --lr-schedule cosine --cosine-from 500 --checkpoint-every 100 \
-  --no-progress
 
 # CLIP (text tower + ViT, contrastive on fresh renders): the CLIP-score model, unchanged since
 # the first model (whose run, /work/runs/clip, it comes from). 800 steps × 256, cosine from 5e-4.
@@ -45,5 +33,5 @@ latentdiff train clip --output-dir "$runs/clip" --steps 800 --batch-size 256 --l
 
 # The bundle: the U-Net run's model folder (EMA weights, fp16, with its autoencoder and tokenizer).
 mkdir -p latentdiff/assets/shapes latentdiff/assets/clip
-cp "$runs/unet_position/model/"{config.json,model.safetensors,tokenizer.json} latentdiff/assets/shapes/
+cp "$runs/unet/model/"{config.json,model.safetensors,tokenizer.json} latentdiff/assets/shapes/
 cp "$runs/clip/"{clip.safetensors,clip_config.json,tokenizer.json} latentdiff/assets/clip/

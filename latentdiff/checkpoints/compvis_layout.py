@@ -27,7 +27,6 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from latentdiff.checkpoints.diffusers_layout import check_sd_structure
 from latentdiff.checkpoints.transformers_layout import (
     TEXT_MODEL_PREFIX,
     text_encoder_from_transformers,
@@ -179,7 +178,6 @@ def _unet_prefixes(config: UNetConfig) -> Prefixes:
 
 @functools.lru_cache(maxsize=8)
 def _unet_keys(config: UNetConfig) -> KeyMap:
-    check_sd_structure(config, "CompVis")
     with torch.device("meta"):
         state = UNet(config).state_dict()
     return _key_map(state, _unet_prefixes(config), UNET_PREFIX)

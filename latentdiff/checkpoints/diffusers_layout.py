@@ -21,7 +21,6 @@ import torch
 from torch import Tensor, nn
 
 from latentdiff.config import AutoencoderConfig, UNetConfig
-from latentdiff.errors import UsageError
 from latentdiff.models.autoencoder import Autoencoder
 from latentdiff.models.unet import UNet
 from latentdiff.training.checkpoint import check_state
@@ -147,17 +146,7 @@ def diffusers_vae_config(config: AutoencoderConfig) -> dict:
 
 @functools.lru_cache(maxsize=8)
 def _unet_keys(config: UNetConfig) -> KeyMap:
-    check_sd_structure(config, "diffusers")
     return _key_map(UNet, config, UNET_RULES)
-
-
-def check_sd_structure(config: UNetConfig, layout: str) -> None:
-    """Raise a UsageError if the U-Net has a layer that Stable Diffusion's `layout` lacks."""
-    if config.position_embedding:
-        raise UsageError(
-            f"this U-Net adds a position embedding to its transformers, which {layout}' Stable "
-            "Diffusion U-Net does not have: it cannot be written in that layout"
-        )
 
 
 @functools.lru_cache(maxsize=8)

@@ -10,15 +10,13 @@ import argparse
 import dataclasses
 import functools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from latentdiff.errors import UsageError
 
 if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command runs
-    from torch import Tensor, nn
-
     from latentdiff.config import DiffusionConfig
 
 
@@ -338,9 +336,7 @@ def run_train_unet(args: argparse.Namespace) -> None:
     cache = LatentCache.load(cache_path, expected=provenance)
     model = LatentDiffusionModel(UNet(model_config.unet), text_encoder, train_text_encoder=joint)
     if init is not None:  # a resumed run's checkpoint replaces these in the Trainer
-        load_module_state(
-            model.unet, initial_unet_state(model.unet, init.states["unet"]), args.init_from
-        )
+        load_module_state(model.unet, init.states["unet"], args.init_from)
         if joint:
             load_module_state(model.text_encoder, init.states["text_encoder"], args.init_from)
     empty_ids = tokenizer.encode([""], model_config.text_encoder.context_length)
@@ -427,19 +423,9 @@ def read_init_model(path: str, model_config):
     weights = read_model(path)
     if weights.format != "latentdiff":
         raise UsageError(f"--init-from {path}: not a latentdiff model folder")
-    embedded = dataclasses.replace(weights.config.unet, position_embedding=True)
-    if model_config.unet not in (weights.config.unet, embedded):
-        raise UsageError(
-            f"--init-from {path}: its U-Net config differs from the preset's (other than by "
-            "the preset's added position embedding)"
-        )
+    if weights.config.unet != model_config.unet:
+        raise UsageError(f"--init-from {path}: its U-Net config differs from the preset's")
     return weights
-
-
-def initial_unet_state(unet: nn.Module, init_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """`--init-from`'s U-Net weights for `unet`; layers the preset adds (the position embedding,
-    whose zero start leaves the U-Net's function as it was) keep their initial values."""
-    return {**unet.state_dict(), **init_state}
 
 
 def load_text_encoder(choice: str, model_config):

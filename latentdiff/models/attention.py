@@ -17,9 +17,6 @@ SD 2.x's `upcast_attention` (softmax in fp32 under fp16) is what these kernels d
 
 from __future__ import annotations
 
-import math
-
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -144,11 +141,9 @@ class SpatialTransformer(nn.Module):
         groups: int = 32,
         linear_projection: bool = False,
         only_cross_attention: bool = False,
-        position_embedding: bool = False,
     ) -> None:
         super().__init__()
         self.linear_projection = linear_projection
-        self.position = PositionEmbedding2D(channels) if position_embedding else None
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         projection = nn.Linear if linear_projection else _conv1x1
         self.proj_in = projection(channels, channels)
@@ -164,8 +159,6 @@ class SpatialTransformer(nn.Module):
         _, _, height, width = x.shape
         h = self.norm(x)
         h = self.proj_in(to_tokens(h)) if self.linear_projection else to_tokens(self.proj_in(h))
-        if self.position is not None:
-            h = h + self.position(height, width, h)
         for block in self.blocks:
             h = block(h, context)  # (B, H·W, C)
         if self.linear_projection:
@@ -173,36 +166,6 @@ class SpatialTransformer(nn.Module):
         else:
             h = self.proj_out(from_tokens(h, height, width))
         return x + h  # (B, C, H, W)
-
-
-class PositionEmbedding2D(nn.Module):
-    """Where each token of an H×W feature map lies, as a (H·W, C) term to add to the tokens.
-
-    Sinusoids of the pixel centre's coordinates as fractions of the map, (x + ½)/W and (y + ½)/H,
-    at frequencies π·2^k (k < `frequencies`; the highest still below the Nyquist rate of a 16-wide
-    map), so that "left" is the same place at every resolution and image size (Vaswani et al.
-    2017's sinusoids, in 2D over relative coordinates, as ViT-style models add them). A linear
-    layer maps them to the channels; it starts at zero, so that adding the embedding to a
-    trained U-Net leaves its function unchanged until fine-tuning uses it.
-    """
-
-    def __init__(self, channels: int, frequencies: int = 4) -> None:
-        super().__init__()
-        self.frequencies = frequencies
-        self.proj = nn.Linear(4 * frequencies, channels)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, height: int, width: int, like: Tensor) -> Tensor:
-        """The embedding for a height × width map, on `like`'s device and in its dtype."""
-        device = like.device
-        scales = math.pi * 2.0 ** torch.arange(self.frequencies, device=device)
-        y = (torch.arange(height, device=device) + 0.5) / height
-        x = (torch.arange(width, device=device) + 0.5) / width
-        ys, xs = torch.meshgrid(y, x, indexing="ij")  # row-major, as to_tokens orders pixels
-        angles = torch.cat([xs.reshape(-1, 1) * scales, ys.reshape(-1, 1) * scales], dim=1)
-        features = torch.cat([angles.sin(), angles.cos()], dim=1)
-        return self.proj(features.to(self.proj.weight.dtype)).to(like.dtype)
 
 
 class SpatialSelfAttention(nn.Module):

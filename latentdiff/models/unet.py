@@ -118,7 +118,6 @@ class UNet(nn.Module):
             groups=config.norm_groups,
             linear_projection=config.use_linear_projection,
             only_cross_attention=only_cross_attention,
-            position_embedding=config.position_embedding,
         )
 
     def _block(self, in_channels: int, out_channels: int, level: int) -> UNetBlock:

@@ -241,15 +241,6 @@ def test_clip_keys_without_text_model_are_read():
     assert all(torch.equal(back[key], state[key]) for key in state)
 
 
-def test_a_unet_with_a_position_embedding_has_no_compvis_layout():
-    config = PRESETS["shapes"]().unet
-    with torch.device("meta"):
-        state = UNet(config).state_dict()
-    for convert in (unet_to_compvis, unet_from_compvis):
-        with pytest.raises(UsageError, match="position embedding.*CompVis' Stable Diffusion"):
-            convert(state, config)
-
-
 def test_bad_keys_and_shapes_are_named():
     config = clip_tiny()
     tensors = unet_to_compvis(random_weights(config)["unet"], config.unet)

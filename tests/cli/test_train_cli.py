@@ -1,5 +1,4 @@
 import contextlib
-import dataclasses
 import io
 import json
 import os
@@ -15,7 +14,7 @@ import torch
 from PIL import Image
 
 from latentdiff.cli import main
-from latentdiff.config import PRESETS, AutoencoderConfig, from_dict, tiny_config
+from latentdiff.config import AutoencoderConfig, from_dict, tiny_config
 from latentdiff.pipelines.pipeline import load_pipeline
 from latentdiff.training.checkpoint import load_weights
 from latentdiff.training.unet import LatentCache
@@ -363,43 +362,6 @@ def test_init_from_fine_tunes_a_model_with_a_zero_terminal_snr_v_objective(
     assert pipe.scheduler.spacing == "trailing"
     (image,) = pipe("a red circle", num_inference_steps=2, seed=0)
     assert np.isfinite(np.array(image, dtype=float)).all()
-
-
-def test_init_from_adds_a_position_embedding_at_zero_and_nothing_else(
-    autoencoder_run: AutoencoderRun, unet_run: Path, tmp_path: Path, monkeypatch, capsys
-) -> None:
-    tiny = tiny_config()
-    embedded = dataclasses.replace(
-        tiny, unet=dataclasses.replace(tiny.unet, position_embedding=True)
-    )
-    monkeypatch.setitem(PRESETS, "tiny-embedded", lambda: embedded)
-    folder = tmp_path / "embedded"
-    args = ["--autoencoder", str(autoencoder_run.folder), "--cache-size", "32", "--steps", "1"]
-    args += ["--lr", "1e-30", "--warmup", "0", "--ema-decay", "0"]
-    status, _ = train(
-        "unet", *COMMON, *args, "--preset", "tiny-embedded",
-        "--init-from", str(unet_run / "model"), "--output-dir", str(folder),
-    )  # fmt: skip
-    assert status == 0
-    start, _ = load_weights(unet_run / "model" / "model.safetensors")
-    tuned, _ = load_weights(folder / "model" / "model.safetensors")
-    added = sorted(set(tuned) - set(start))
-    assert added and all(".position." in key for key in added)
-    assert all(torch.count_nonzero(tuned[key]) == 0 for key in added)  # still at its zero start
-    # The same function as the model it started from: the same image.
-    (before,) = load_pipeline(unet_run / "model", device="cpu")("a red circle", seed=0,
-                                                                 num_inference_steps=2)  # fmt: skip
-    (after,) = load_pipeline(folder / "model", device="cpu")("a red circle", seed=0,
-                                                             num_inference_steps=2)  # fmt: skip
-    assert np.abs(np.array(before, dtype=int) - np.array(after, dtype=int)).max() <= 1
-    # The other way, dropping a layer the model has, is refused.
-    capsys.readouterr()
-    status, _ = train(
-        "unet", *COMMON, *args, "--init-from", str(folder / "model"),
-        "--output-dir", str(tmp_path / "dropped"),
-    )  # fmt: skip
-    assert status == 2 and "its U-Net config differs from the preset's" in capsys.readouterr().err
-    assert not (tmp_path / "dropped").exists()
 
 
 def test_torchrun_encodes_the_latent_cache_once(

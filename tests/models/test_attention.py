@@ -10,7 +10,6 @@ from latentdiff.errors import UsageError
 from latentdiff.models.attention import (
     CrossAttention,
     FeedForward,
-    PositionEmbedding2D,
     SpatialTransformer,
     attention,
     set_attention_slice,
@@ -190,23 +189,3 @@ def test_set_attention_slice_refuses_a_bad_size(bad):
     with pytest.raises(UsageError, match="positive integer"):
         set_attention_slice(model, bad)
     assert model.slice_size is None
-
-
-def test_position_embedding_depends_on_the_relative_position_only() -> None:
-    embedding = PositionEmbedding2D(8)
-    torch.nn.init.normal_(embedding.proj.weight)
-    like = torch.zeros(1)
-    small = embedding(2, 2, like).reshape(2, 2, 8)
-    large = embedding(6, 6, like).reshape(6, 6, 8)
-    # Pixel (0, 0) of a 2×2 map and pixel (1, 1) of a 6×6 one are both centred at ¼ of each side.
-    torch.testing.assert_close(small[0, 0], large[1, 1])
-    torch.testing.assert_close(small[1, 1], large[4, 4])
-    assert (small[0, 0] - small[0, 1]).abs().max() > 1e-3  # left and right differ
-    assert (small[0, 0] - small[1, 0]).abs().max() > 1e-3  # top and bottom differ
-
-
-def test_position_embedding_is_zero_until_trained_and_follows_the_tokens_dtype() -> None:
-    embedding = PositionEmbedding2D(8)
-    assert torch.count_nonzero(embedding(4, 3, torch.zeros(1))) == 0
-    half = embedding(4, 3, torch.zeros(1, dtype=torch.bfloat16))
-    assert half.shape == (12, 8) and half.dtype == torch.bfloat16

@@ -1,5 +1,3 @@
-import dataclasses
-
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
@@ -7,7 +5,6 @@ from diffusers.models.embeddings import get_timestep_embedding
 
 from latentdiff.checkpoints.diffusers_layout import diffusers_unet_config, unet_from_diffusers
 from latentdiff.config import PRESETS, UNetConfig
-from latentdiff.models.attention import SpatialTransformer
 from latentdiff.models.embeddings import timestep_embedding
 from latentdiff.models.unet import UNet
 
@@ -158,30 +155,6 @@ def test_initialization_zeroes_each_residual_branch_and_the_output():
         torch.count_nonzero(level.blocks[0].resnet.conv2.weight) == 0 for level in model.down
     )
     assert model.conv_in.weight.abs().sum() > 0
-
-
-def test_the_position_embedding_starts_as_nothing_and_learns_from_there():
-    embedded_config = dataclasses.replace(SD_LIKE, position_embedding=True)
-    plain, _ = pair(SD_LIKE)
-    embedded = UNet(embedded_config).eval()
-    # A trained U-Net's weights, the embedding at its zero start: the same function...
-    embedded.load_state_dict({**embedded.state_dict(), **plain.state_dict()})
-    x, t, context = inputs(SD_LIKE)
-    with torch.no_grad():
-        before = plain(x, t, context)
-    out = embedded(x, t, context)
-    torch.testing.assert_close(out, before, rtol=0, atol=0)
-    # ...whose gradient still reaches the embedding, so that fine-tuning can use it.
-    out.square().mean().backward()
-    position = [p for name, p in embedded.named_parameters() if ".position." in name]
-    transformers = [m for m in embedded.modules() if isinstance(m, SpatialTransformer)]
-    assert len(position) == 2 * len(transformers)  # a weight and a bias in each
-    assert all(p.grad is not None for p in position)
-    assert sum(p.grad.abs().sum() for p in position) > 0
-    with torch.no_grad():
-        for parameter in position:
-            parameter.copy_(torch.randn(parameter.shape, generator=torch.Generator()))
-        assert (embedded(x, t, context) - before).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize(
