@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from latentdiff.checkpoints.bundle import empty_modules
 from latentdiff.checkpoints.transformers_layout import (
     TEXT_MODEL_PREFIX,
     text_encoder_from_transformers,
@@ -178,7 +179,7 @@ def _unet_prefixes(config: UNetConfig) -> Prefixes:
 
 @functools.lru_cache(maxsize=8)
 def _unet_keys(config: UNetConfig) -> KeyMap:
-    with torch.device("meta"):
+    with empty_modules():
         state = UNet(config).state_dict()
     return _key_map(state, _unet_prefixes(config), UNET_PREFIX)
 
@@ -243,7 +244,7 @@ def _vae_prefixes(config: AutoencoderConfig) -> Prefixes:
 
 @functools.lru_cache(maxsize=8)
 def _vae_keys(config: AutoencoderConfig, prefix: str = VAE_PREFIX) -> KeyMap:
-    with torch.device("meta"):
+    with empty_modules():
         state = Autoencoder(config).state_dict()
     pairs = []
     for ours, theirs, shape, _ in _key_map(state, _vae_prefixes(config), prefix):
@@ -290,7 +291,7 @@ def text_encoder_to_compvis(
     state = dict(state)
     if written_text_config(config) != config:
         reference = state["final_layer_norm.weight"]
-        with torch.device("meta"):
+        with empty_modules():
             block = TextEncoder(config).blocks[0].state_dict()
         for key, tensor in block.items():
             state[f"blocks.{config.layers}.{key}"] = torch.zeros(
@@ -343,7 +344,7 @@ def _our_text_shapes(config: TextEncoderConfig) -> dict[str, torch.Size]:
 
 
 def _meta_text_state(config: TextEncoderConfig) -> dict[str, Tensor]:
-    with torch.device("meta"):
+    with empty_modules():
         return TextEncoder(config).state_dict()
 
 

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from latentdiff.checkpoints.bundle import empty_modules
 from latentdiff.checkpoints.diffusers_configs import (
     autoencoder_config_from_diffusers,
     config_errors_in,
@@ -242,7 +243,7 @@ def _tokenizer_dir(path: Path) -> Path:
 
 def _checked_text_state(state: dict[str, Tensor], config: TextEncoderConfig) -> dict[str, Tensor]:
     """Every key of our TextEncoder present with its shape, nothing else."""
-    with torch.device("meta"):
+    with empty_modules():
         expected = {k: v.shape for k, v in TextEncoder(config).state_dict().items()}
     check_state(state, expected)
     return state

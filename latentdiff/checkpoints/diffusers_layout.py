@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from latentdiff.checkpoints.bundle import empty_modules
 from latentdiff.config import AutoencoderConfig, UNetConfig
 from latentdiff.models.autoencoder import Autoencoder
 from latentdiff.models.unet import UNet
@@ -155,7 +156,7 @@ def _vae_keys(config: AutoencoderConfig) -> KeyMap:
 
 
 def _key_map(model_class: type[nn.Module], config: object, rules: tuple) -> KeyMap:
-    with torch.device("meta"):
+    with empty_modules():
         model = model_class(config)
     pairs = []
     for key, tensor in model.state_dict().items():

@@ -28,6 +28,7 @@ from latentdiff.checkpoints.bundle import (
     WEIGHTS_FILE,
     Components,
     build_modules,
+    empty_modules,
     resolve_model_path,
     take_prefix,
     write_model_folder,
@@ -172,7 +173,7 @@ def components_from_weights(
     Every key and shape is checked before anything is assigned (a bad file never half-loads);
     each component's tensors are released as soon as they are in their module.
     """
-    with torch.device("meta"):
+    with empty_modules():
         modules = build_modules(weights.config)
     source = str(weights.path)
     for name, module in modules.items():

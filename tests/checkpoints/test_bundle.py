@@ -1,5 +1,7 @@
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,10 +10,12 @@ from torch import nn
 
 from latentdiff.checkpoints.bundle import (
     CONFIG_FILE,
+    INIT_FUNCTIONS,
     TOKENIZER_FILE,
     WEIGHTS_FILE,
     Components,
     build_components,
+    empty_modules,
     save_components,
 )
 from latentdiff.checkpoints.sources import load_model
@@ -187,3 +191,28 @@ def test_a_file_that_is_no_checkpoint_is_a_usage_error(model_copy: Path) -> None
 def test_a_missing_path_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no model folder"):
         load_model(tmp_path / "nowhere", CPU)
+
+
+def test_empty_modules_are_on_meta_without_initialisation_and_restore_torch() -> None:
+    before = {name: getattr(nn.init, name) for name in INIT_FUNCTIONS}
+    with empty_modules():
+        layer = nn.Linear(3, 4)
+        assert layer.weight.device.type == "meta"
+        assert nn.init.normal_ is not before["normal_"]  # a no-op meanwhile
+    assert {name: getattr(nn.init, name) for name in INIT_FUNCTIONS} == before
+    with pytest.raises(RuntimeError, match="inside"), empty_modules():
+        raise RuntimeError("inside")
+    assert {name: getattr(nn.init, name) for name in INIT_FUNCTIONS} == before
+    assert nn.Linear(3, 4).weight.device.type == "cpu"
+
+
+def test_loading_a_model_does_not_import_torch_dynamo(tiny_model_dir: Path) -> None:
+    # Initialising meta tensors imports torch._dynamo (1.4 s of a cold start); loads skip it.
+    code = (
+        "import sys, latentdiff; "
+        f"latentdiff.load_pipeline({str(tiny_model_dir)!r}, device='cpu'); "
+        "print('torch._dynamo' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
