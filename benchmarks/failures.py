@@ -9,7 +9,8 @@ with seed k, so these are the very images its scores judged) and sorts every mis
                 pairs are there, the relation between them does not hold)
 "correct" is the share of prompts that pass every category they count in. A criterion that only
 some prompts name (size, background, position) is a share of the prompts that name it;
-`missed_by_phrase` splits the position and relation misses by phrase. One JSON line per model.
+`missed_by_phrase` gives, per position phrase and relation, the share misplaced among the
+prompts whose objects are drawn right. One JSON line per model.
 
     python benchmarks/failures.py --model shapes --model /work/runs/unet/model
 """
@@ -55,13 +56,14 @@ def breakdown(specs: list[PromptSpec], missed: list[set[str]]) -> dict:
 
 def missed_by_phrase(specs: list[PromptSpec], missed: list[set[str]]) -> dict[str, float]:
     """Per position phrase (single objects) and relation (two objects): the share of the
-    prompts naming it whose objects are drawn but misplaced."""
+    prompts naming it, among those whose objects are all drawn right, that misplace them (a
+    single object's position miss alone would also count a missing or wrong object)."""
     misses: dict[str, list[bool]] = {}
     for spec, m in zip(specs, missed, strict=True):
-        phrase, criterion = (spec.position, "position") if spec.position else (
-            spec.relation, "relation")  # fmt: skip
-        if phrase is not None:
-            misses.setdefault(phrase, []).append(criterion in m)
+        if spec.position is not None and not m & {"count", "color", "shape"}:
+            misses.setdefault(spec.position, []).append("position" in m)
+        elif spec.relation is not None and not m & {"count", "shape", "binding"}:
+            misses.setdefault(spec.relation, []).append("relation" in m)
     return {phrase: round(sum(m) / len(m), 3) for phrase, m in sorted(misses.items())}
 
 

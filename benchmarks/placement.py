@@ -35,6 +35,8 @@ def placement(pipeline, phrase: str, repeats: int, seed: int) -> str:
     detections = [detect(a) for a in arrays]
     centres = np.array([d.objects[0].center for d in detections if len(d.objects) == 1])
     placed = score(prompts, arrays).accuracy["position"]
+    if not len(centres):
+        return f"{phrase:14s} no image holds exactly one object, position score {placed:.2f}"
     mean, spread = centres.mean(axis=0), centres.std(axis=0)
     return (
         f"{phrase:14s} one object in {len(centres)}/{len(prompts)}, position score "

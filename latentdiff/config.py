@@ -203,6 +203,9 @@ class SamplingConfig:
             low, high = self.guidance_interval
             high = math.inf if high is None else high
             _check(valid_interval(low, high), "guidance_interval needs 0 <= lo < hi, lo finite")
+            # One spelling of an open top, the one strict JSON can write.
+            open_top = (low, None if math.isinf(high) else high)
+            object.__setattr__(self, "guidance_interval", open_top)
 
     @property
     def interval(self) -> tuple[float, float] | None:
@@ -292,7 +295,7 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
             values[name] = value
     try:
         return cls(**values)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, ArithmeticError) as error:  # e.g. int too large for a float
         raise UsageError(f"{cls.__name__}: {error}") from None
 
 

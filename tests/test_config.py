@@ -33,7 +33,7 @@ def test_context_width_must_match_text_encoder():
         dataclasses.replace(config, unet=dataclasses.replace(config.unet, context_dim=32))
 
 
-def test_shapes_differs_from_shapes_v1_only_in_autoencoder_width_and_objective():
+def test_shapes_differs_from_shapes_v1_in_autoencoder_width_objective_and_sampling():
     v1, v2 = PRESETS["shapes-v1"](), PRESETS["shapes"]()
     assert v2.autoencoder.block_channels == (32, 64, 128)
     assert dataclasses.replace(v2.autoencoder, block_channels=(16, 32, 64)) == v1.autoencoder
@@ -53,6 +53,8 @@ def test_sampling_defaults_round_trip_through_strict_json() -> None:
     loaded = ModelConfig.from_dict(json.loads(text))
     assert loaded == config
     assert loaded.sampling.interval == (0.6, math.inf)
+    # An infinite top given from Python is stored as the open top JSON can write.
+    assert SamplingConfig(2.0, guidance_interval=(0.6, math.inf)) == config.sampling
 
 
 def test_a_config_without_sampling_gets_the_project_defaults() -> None:
@@ -69,6 +71,8 @@ def test_a_config_without_sampling_gets_the_project_defaults() -> None:
         ({"guidance_interval": [2.0, 1.0]}, "guidance_interval"),
         ({"guidance_interval": [-1.0, None]}, "guidance_interval"),
         ({"guidance_interval": [0.5]}, "SamplingConfig"),
+        ({"guidance_scale": 10**400}, "SamplingConfig"),  # too large for a float
+        ({"guidance_interval": [10**400, None]}, "SamplingConfig"),
         ({"steps": 20}, "unknown config key"),
     ],
 )

@@ -76,6 +76,11 @@ class GenerationRequest:
             raise UsageError(f"guidance rescale must be in [0, 1], got {self.guidance_rescale}")
         if self.guidance_interval is not None:
             low, high = self.guidance_interval
+            if not all(isinstance(v, int | float) for v in (low, high)):
+                raise UsageError(
+                    f"guidance interval bounds must be numbers (inf for an open top), got "
+                    f"{self.guidance_interval}"
+                )
             if not valid_interval(low, high):
                 raise UsageError(
                     f"guidance interval (LO, HI] needs 0 ≤ LO < HI and a finite LO, "

@@ -2,6 +2,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,6 @@ from torch import nn
 
 from latentdiff.checkpoints.bundle import (
     CONFIG_FILE,
-    INIT_FUNCTIONS,
     TOKENIZER_FILE,
     WEIGHTS_FILE,
     Components,
@@ -193,17 +193,51 @@ def test_a_missing_path_is_a_usage_error(tmp_path: Path) -> None:
         load_model(tmp_path / "nowhere", CPU)
 
 
-def test_empty_modules_are_on_meta_without_initialisation_and_restore_torch() -> None:
-    before = {name: getattr(nn.init, name) for name in INIT_FUNCTIONS}
+def test_empty_modules_are_on_meta_and_skip_initialisation_only_inside() -> None:
     with empty_modules():
         layer = nn.Linear(3, 4)
         assert layer.weight.device.type == "meta"
-        assert nn.init.normal_ is not before["normal_"]  # a no-op meanwhile
-    assert {name: getattr(nn.init, name) for name in INIT_FUNCTIONS} == before
+        ones = torch.ones(3, device="cpu")
+        assert torch.equal(nn.init.zeros_(ones), torch.ones(3, device="cpu"))  # a no-op inside
+    assert torch.equal(nn.init.zeros_(torch.ones(3)), torch.zeros(3))
     with pytest.raises(RuntimeError, match="inside"), empty_modules():
         raise RuntimeError("inside")
-    assert {name: getattr(nn.init, name) for name in INIT_FUNCTIONS} == before
+    assert torch.equal(nn.init.ones_(torch.zeros(2)), torch.ones(2))  # restored after a raise
     assert nn.Linear(3, 4).weight.device.type == "cpu"
+
+
+def test_empty_modules_in_one_thread_leave_other_threads_initialising() -> None:
+    inside, checked = threading.Event(), threading.Event()
+
+    def load() -> None:
+        with empty_modules():
+            inside.set()
+            checked.wait(10)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    inside.wait(10)
+    try:
+        # Meanwhile, in this thread: real initialisation on the CPU.
+        assert torch.equal(nn.init.ones_(torch.zeros(2)), torch.ones(2))
+        assert nn.Linear(3, 4).weight.device.type == "cpu"
+    finally:
+        checked.set()
+        loader.join()
+    # Overlapping uses in two threads leave no no-op behind.
+    first, second = threading.Barrier(2), threading.Barrier(2)
+
+    def overlap() -> None:
+        with empty_modules():
+            first.wait(10)
+        second.wait(10)
+
+    threads = [threading.Thread(target=overlap) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert torch.equal(nn.init.ones_(torch.zeros(2)), torch.ones(2))
 
 
 def test_loading_a_model_does_not_import_torch_dynamo(tiny_model_dir: Path) -> None:

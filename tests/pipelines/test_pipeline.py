@@ -205,13 +205,16 @@ def test_unset_guidance_is_the_models_default_and_given_values_override_it(
 ) -> None:
     own = load_pipeline(tiny_model_with_defaults_dir, device="cpu")
     assert own.sampling_defaults.guidance_interval == (0.5, None)
+    # DDIM's 2 steps visit σ ≈ 1.6 (guided: above the default's 0.5) and 0.04 (not guided).
+    ddim = {"sampler": "ddim"}
     its_defaults = {"guidance_scale": 3.0, "guidance_rescale": 0.5}
-    expected = run(pipe, **its_defaults, guidance_interval=(0.5, math.inf))
-    assert np.array_equal(run(own), expected)
-    assert not np.array_equal(run(own), run(pipe))  # the project's defaults: 5, every step
+    expected = run(pipe, **ddim, **its_defaults, guidance_interval=(0.5, math.inf))
+    assert np.array_equal(run(own, **ddim), expected)
+    assert not np.array_equal(expected, run(pipe, **ddim, **its_defaults))  # the interval counts
+    assert not np.array_equal(run(own, **ddim), run(pipe, **ddim))  # the project's: 5, every step
     # Every value given: the model's defaults play no part; (0, inf) is every step.
     given = {"guidance_scale": 5.0, "guidance_rescale": 0.0, "guidance_interval": (0, math.inf)}
-    assert np.array_equal(run(own, **given), run(pipe))
+    assert np.array_equal(run(own, **ddim, **given), run(pipe, **ddim))
     (_,), (text,) = own.generate(GenerationRequest(prompt="a", num_inference_steps=2, seed=1))
     assert "CFG scale: 3, CFG Rescale phi: 0.5, Guidance interval: 0.5-inf, Seed: 1," in text
 

@@ -73,6 +73,14 @@ def test_a_guidance_interval_must_be_a_range_of_noise_levels(interval, shown) ->
         validate(guidance_interval=interval)
 
 
+def test_a_guidance_interval_bound_that_is_no_number_is_a_usage_error() -> None:
+    # (0.6, None) is how a config.json writes an open top; a request takes inf.
+    with pytest.raises(
+        UsageError, match=r"must be numbers \(inf for an open top\), got \(0.6, None\)"
+    ):
+        validate(guidance_interval=(0.6, None))
+
+
 def test_guidance_intervals_with_an_open_top_or_a_zero_bottom_pass() -> None:
     for interval in ((0.0, 5.0), (1.0, math.inf), (0.28, 5.42)):
         assert validate(guidance_interval=interval) is None
