@@ -207,6 +207,12 @@ class SamplingConfig:
             open_top = (low, None if math.isinf(high) else high)
             object.__setattr__(self, "guidance_interval", open_top)
 
+    def __str__(self) -> str:
+        """E.g. "guidance 2, rescale 0, guided at σ in (0.6, inf]" (what `latentdiff info` shows)."""
+        interval = self.interval
+        where = "every step" if interval is None else "σ in ({:g}, {:g}]".format(*interval)
+        return f"guidance {self.guidance_scale:g}, rescale {self.guidance_rescale:g}, guided at {where}"
+
     @property
     def interval(self) -> tuple[float, float] | None:
         """`guidance_interval` as a request takes it, with an open top as infinity."""

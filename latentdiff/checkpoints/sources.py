@@ -346,6 +346,7 @@ def describe(weights: ModelWeights) -> list[str]:
         f"text encoder: {config.text_encoder.layers} layers, width {config.text_encoder.width}, "
         f"output {config.text_encoder.output_layer}",
         f"scheduler: {weights.scheduler}",
+        f"sampling defaults: {config.sampling}",
         "tokenizer: "
         + ("latentdiff word-level" if isinstance(tokenizer, Tokenizer) else str(tokenizer)),
         *(f"note: {note}" for note in weights.notes),

@@ -144,10 +144,16 @@ def test_info_names_format_version_prediction_counts_and_dtype(models, capsys, n
         *(f"parameters {part}: {counts(states[part]):,}" for part in states),
         f"parameters total: {sum(counts(state) for state in states.values()):,}",
         "dtype: float32",
+        "sampling defaults: guidance 5, rescale 0, guided at every step",  # SD: the project's
     ]
     for line in expected:
         assert line in lines
     assert lines[0] == f"path: {getattr(model, kind)}"
+
+
+def test_info_shows_a_models_own_sampling_defaults(capsys, tiny_model_with_defaults_dir):
+    lines = run(capsys, "info", tiny_model_with_defaults_dir).splitlines()
+    assert "sampling defaults: guidance 3, rescale 0.5, guided at σ in (0.5, inf]" in lines
 
 
 def test_info_adds_no_assumption_note_to_a_file_that_records_its_prediction_type(
