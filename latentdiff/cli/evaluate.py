@@ -108,6 +108,7 @@ def run_adherence(args: argparse.Namespace) -> None:
 def run_model(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
+    from latentdiff.config import SamplingConfig
     from latentdiff.diffusion.samplers import SAMPLERS
     from latentdiff.evaluation.adherence import evaluate_adherence
     from latentdiff.pipelines.pipeline import load_pipeline
@@ -145,7 +146,13 @@ def run_model(args: argparse.Namespace) -> None:
         report = evaluate_adherence(
             pipeline, prompts, request, batch_size=args.batch_size, on_batch=bar.update
         )
-    print(json.dumps(report.to_dict()) if args.json else format_table(report))
+    if args.json:
+        print(json.dumps(report.to_dict()))
+        return
+    used = request.with_defaults(pipeline.sampling_defaults)
+    guidance = SamplingConfig(used.guidance_scale, used.guidance_rescale, used.guidance_interval)
+    print(f"{len(prompts)} prompts, {used.sampler} {used.num_inference_steps} steps, {guidance}")
+    print(format_table(report))
 
 
 def warn_unparseable(prompts: list[str]) -> None:

@@ -51,6 +51,22 @@ def test_cli_prints_the_six_categories_and_overall(
     assert all(v is None or 0.0 <= v <= 1.0 for v in result.values())
 
 
+def test_cli_table_names_the_sampling_it_used_the_models_defaults_unless_given(
+    tiny_model_with_defaults_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = ["evaluate", "model", "--model", str(tiny_model_with_defaults_dir), "--limit", "2"]
+    args += ["--width", "48", "--height", "48", "--steps", "1", "--sampler", "euler"]
+    assert main([*args, "--device", "cpu"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == "2 prompts, euler 1 steps, guidance 3, rescale 0.5, guided at σ in (0.5, inf]"
+    assert (
+        main([*args, "--device", "cpu", "--guidance-scale", "4", "--guidance-interval", "0", "inf"])
+        == 0
+    )
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == "2 prompts, euler 1 steps, guidance 4, rescale 0.5, guided at σ in (0, inf]"
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
