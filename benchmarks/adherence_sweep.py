@@ -21,6 +21,7 @@ from pathlib import Path
 
 from common import guidance_fields
 
+from latentdiff.cli.generate import guidance_interval
 from latentdiff.evaluation.adherence import evaluate_adherence
 from latentdiff.evaluation.suite import evaluation_suite
 from latentdiff.pipelines.pipeline import load_pipeline
@@ -75,7 +76,7 @@ def main() -> None:
         )
     )
     out = Path(args.out)
-    interval = None if args.guidance_interval is None else tuple(args.guidance_interval)
+    interval = guidance_interval(args)
     for model, step in models(args):
         pipeline = load_pipeline(model, device=args.device)
         for sampler, steps, guidance in grid:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from latentdiff.checkpoints.bundle import Components, build_components, save_components
-from latentdiff.config import shapes_config
+from latentdiff.config import format_interval, shapes_config
 from latentdiff.models.tokenizer import build_world_tokenizer
 from latentdiff.pipelines.pipeline import Pipeline, load_pipeline
 from latentdiff.pipelines.request import GenerationRequest
@@ -198,5 +198,5 @@ def guidance_fields(request: GenerationRequest) -> dict[str, float | str | None]
     return {
         "guidance_scale": request.guidance_scale,
         "guidance_rescale": request.guidance_rescale,
-        "guidance_interval": None if interval is None else "({:g}, {:g}]".format(*interval),
+        "guidance_interval": None if interval is None else format_interval(interval),
     }

@@ -22,6 +22,7 @@ import json
 
 from common import guidance_fields
 
+from latentdiff.cli.generate import guidance_interval
 from latentdiff.evaluation.adherence import generate_for_prompts
 from latentdiff.evaluation.detector import detect
 from latentdiff.evaluation.scoring import FAILURE_CRITERIA, failures
@@ -75,7 +76,7 @@ def measure(model: str, args: argparse.Namespace) -> dict:
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
         guidance_rescale=args.guidance_rescale,
-        guidance_interval=None if args.guidance_interval is None else tuple(args.guidance_interval),
+        guidance_interval=guidance_interval(args),
         sampler=args.sampler,
         seed=0,
     ).with_defaults(pipeline.sampling_defaults)  # so that the row names what was used

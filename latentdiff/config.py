@@ -210,7 +210,7 @@ class SamplingConfig:
     def __str__(self) -> str:
         """E.g. "guidance 2, rescale 0, guided at σ in (0.6, inf]" (what `latentdiff info` shows)."""
         interval = self.interval
-        where = "every step" if interval is None else "σ in ({:g}, {:g}]".format(*interval)
+        where = "every step" if interval is None else f"σ in {format_interval(interval)}"
         return f"guidance {self.guidance_scale:g}, rescale {self.guidance_rescale:g}, guided at {where}"
 
     @property
@@ -220,6 +220,11 @@ class SamplingConfig:
             return None
         low, high = self.guidance_interval
         return (low, math.inf if high is None else high)
+
+
+def format_interval(interval: tuple[float, float]) -> str:
+    """A guidance interval as text, "(0.6, inf]"."""
+    return "({:g}, {:g}]".format(*interval)
 
 
 def valid_interval(low: float, high: float) -> bool:
