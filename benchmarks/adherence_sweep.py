@@ -21,7 +21,7 @@ from pathlib import Path
 
 from common import guidance_fields
 
-from latentdiff.cli.generate import guidance_interval
+from latentdiff.cli.generate import add_guidance_options, guidance_interval
 from latentdiff.evaluation.adherence import evaluate_adherence
 from latentdiff.evaluation.suite import evaluation_suite
 from latentdiff.pipelines.pipeline import load_pipeline
@@ -43,13 +43,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--samplers", default="dpmpp_2m")
     parser.add_argument("--steps", default="20")
     parser.add_argument("--guidance", default=None, help="scales, e.g. 2,5 (default: the model's)")
-    parser.add_argument(
-        "--guidance-rescale", type=float, default=None, help="φ of CFG rescaling (the model's)"
-    )
-    parser.add_argument(
-        "--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-        help="guide only for σ in (LO, HI]; 0 inf: every step (default: the model's)",
-    )  # fmt: skip
+    add_guidance_options(parser, scale=False)
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", required=True, help="JSON-lines results (appended)")

@@ -22,7 +22,7 @@ import json
 
 from common import guidance_fields
 
-from latentdiff.cli.generate import guidance_interval
+from latentdiff.cli.generate import add_guidance_options, guidance_interval
 from latentdiff.evaluation.adherence import generate_for_prompts
 from latentdiff.evaluation.detector import detect
 from latentdiff.evaluation.scoring import FAILURE_CRITERIA, failures
@@ -74,7 +74,7 @@ def measure(model: str, args: argparse.Namespace) -> dict:
     request = GenerationRequest(
         prompt=prompts[0],
         num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
+        guidance_scale=args.guidance_scale,
         guidance_rescale=args.guidance_rescale,
         guidance_interval=guidance_interval(args),
         sampler=args.sampler,
@@ -91,12 +91,7 @@ def main() -> None:
     parser.add_argument("--model", action="append", required=True, help="repeatable")
     parser.add_argument("--sampler", default="dpmpp_2m")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=None, help="default: the model's")
-    parser.add_argument("--guidance-rescale", type=float, default=None, help="default: the model's")
-    parser.add_argument(
-        "--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-        help="guide only for σ in (LO, HI]; 0 inf: every step (default: the model's)",
-    )  # fmt: skip
+    add_guidance_options(parser)
     parser.add_argument("--limit", type=int, default=None, help="first N suite prompts")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()

@@ -58,14 +58,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_generate)
 
 
-def add_guidance_options(parser: argparse.ArgumentParser) -> None:
-    """Classifier-free guidance options, shared by `generate` and `evaluate model`; each left
-    unset is the model's default (its config's `sampling`: guidance 5, no rescale, every step
-    unless the model says otherwise)."""
-    parser.add_argument(
-        "--guidance-scale", type=float, default=None,
-        help="classifier-free guidance (default: the model's; 5 for SD checkpoints)",
-    )  # fmt: skip
+def add_guidance_options(parser: argparse.ArgumentParser, *, scale: bool = True) -> None:
+    """Classifier-free guidance options, shared by `generate`, `evaluate model` and the
+    benchmarks; each left unset is the model's default (its config's `sampling`: guidance 5, no
+    rescale, every step unless the model says otherwise). `scale=False` leaves out
+    `--guidance-scale`, for a caller that takes several scales."""
+    if scale:
+        parser.add_argument(
+            "--guidance-scale", type=float, default=None,
+            help="classifier-free guidance (default: the model's; 5 for SD checkpoints)",
+        )  # fmt: skip
     parser.add_argument(
         "--guidance-rescale", type=float, default=None,
         help="φ in [0, 1]: pull the guided output's std to the conditional one's (Lin et al.; "
