@@ -1,3 +1,4 @@
+import argparse
 import math
 import os
 import shutil
@@ -9,6 +10,7 @@ from PIL import Image
 
 from latentdiff import __version__
 from latentdiff.cli import main
+from latentdiff.cli.generate import add_guidance_options, guidance_interval
 from latentdiff.pipelines.pipeline import Pipeline, load_pipeline
 
 FAST = ["--steps", "2", "--sampler", "ddim", "--no-progress", "--device", "cpu"]
@@ -287,3 +289,17 @@ def test_read_only_output_folder_is_one_line_exit_2(
         assert pngs_under(folder) == []
     finally:
         folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("scale", [True, False])
+def test_guidance_options_default_to_the_model_and_can_leave_out_the_scale(scale: bool) -> None:
+    parser = argparse.ArgumentParser()
+    add_guidance_options(parser, scale=scale)
+    unset = parser.parse_args([])
+    assert (unset.guidance_rescale, guidance_interval(unset)) == (None, None)
+    assert hasattr(unset, "guidance_scale") == scale
+    given = parser.parse_args(["--guidance-interval", "0.6", "inf", "--guidance-rescale", "0.7"])
+    assert guidance_interval(given) == (0.6, math.inf) and given.guidance_rescale == 0.7
+    if not scale:  # a caller that takes several scales defines its own option
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--guidance-scale", "3"])
