@@ -118,7 +118,8 @@ def plot(results: Path, png: Path, *, snapshots: bool) -> None:
 
     def group(row: dict) -> tuple[str, str, float, str]:
         interval = row.get("guidance_interval")
-        within = "" if interval is None else f" in σ {interval}"
+        every_step = interval is None or interval == "(0, inf]"
+        within = "" if every_step else f" in σ {interval}"
         return row.get("label") or "", row["sampler"], row["guidance_scale"], within
 
     for key in sorted({group(r) for r in rows}):
@@ -127,11 +128,13 @@ def plot(results: Path, png: Path, *, snapshots: bool) -> None:
         name = f"{label}: " if label else ""
         legend = f"{name}{sampler}, CFG {guidance:g}{within}"
         ax.plot(*zip(*line, strict=True), marker="o", label=legend)
+    if snapshots:
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g} k")
     ax.set_xlabel("training samples seen" if snapshots else "sampling steps")
     ax.set_ylabel("adherence (overall)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
     fig.savefig(png, dpi=120)
 

@@ -26,6 +26,12 @@ latentdiff train unet --autoencoder "$runs/ae" --output-dir "$runs/unet" --cache
   --batch-size 64 --lr 1.5e-4 --warmup 200 --ema-decay 0.998 --steps 14250 --lr-schedule cosine \
   --cosine-from 11250 --checkpoint-every 250 --no-progress
 
+# A third cycle, resumed from step 14,250: the rate restarts at 1e-4 and decays on a cosine to 0
+# at step 15,550 (+83,200 samples, 34 min: the rest of the ~8 h budget; docs/MODEL.md).
+latentdiff train unet --autoencoder "$runs/ae" --output-dir "$runs/unet" --cache-size 60000 \
+  --batch-size 64 --lr 1e-4 --warmup 200 --ema-decay 0.998 --steps 15550 --lr-schedule cosine \
+  --cosine-from 14250 --checkpoint-every 250 --no-progress
+
 # CLIP (text tower + ViT, contrastive on fresh renders): the CLIP-score model, unchanged since
 # the first model (whose run, /work/runs/clip, it comes from). 800 steps × 256, cosine from 5e-4.
 latentdiff train clip --output-dir "$runs/clip" --steps 800 --batch-size 256 --lr 5e-4 \
