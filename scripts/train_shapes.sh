@@ -27,7 +27,8 @@ latentdiff train unet --autoencoder "$runs/ae" --output-dir "$runs/unet" --cache
   --cosine-from 11250 --checkpoint-every 250 --no-progress
 
 # A third cycle, resumed from step 14,250: the rate restarts at 1e-4 and decays on a cosine to 0
-# at step 15,550 (+83,200 samples, 34 min: the rest of the ~8 h budget; docs/MODEL.md).
+# at step 15,550 (+83,200 samples, 34 min: the rest of the ~8 h budget; 0.488 → 0.516 at the
+# default sampling, 0.396 → 0.417 at CFG 5, docs/MODEL.md).
 latentdiff train unet --autoencoder "$runs/ae" --output-dir "$runs/unet" --cache-size 60000 \
   --batch-size 64 --lr 1e-4 --warmup 200 --ema-decay 0.998 --steps 15550 --lr-schedule cosine \
   --cosine-from 14250 --checkpoint-every 250 --no-progress
