@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from latentdiff.evaluation.detector import detect
-from latentdiff.evaluation.scoring import score
+from latentdiff.evaluation.scoring import score_image, tally
 from latentdiff.pipelines.common import encode_prompt
 from latentdiff.pipelines.pipeline import load_pipeline
 from latentdiff.pipelines.request import GenerationRequest
 from latentdiff.world import palette
+from latentdiff.world.captions import parse_caption
 
 PAIRS = [(c, s) for c in ("red", "blue", "yellow") for s in ("circle", "triangle")]
 
@@ -31,10 +32,10 @@ def placement(pipeline, phrase: str, repeats: int, seed: int) -> str:
     prompts = [f"a {c} {s} {phrase}" for c, s in PAIRS for _ in range(repeats)]
     # Image k has seed `seed + k` for every phrase: only the phrase changes.
     images, _ = pipeline.generate(GenerationRequest(prompt=prompts, seed=seed))
-    arrays = [np.asarray(image) for image in images]
-    detections = [detect(a) for a in arrays]
+    detections = [detect(np.asarray(image)) for image in images]
     centres = np.array([d.objects[0].center for d in detections if len(d.objects) == 1])
-    placed = score(prompts, arrays).accuracy["position"]
+    results = [score_image(parse_caption(p), d) for p, d in zip(prompts, detections, strict=True)]
+    placed = tally(results).accuracy["position"]
     if not len(centres):
         return f"{phrase:14s} no image holds exactly one object, position score {placed:.2f}"
     mean, spread = centres.mean(axis=0), centres.std(axis=0)
