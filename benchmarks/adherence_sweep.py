@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import time
 from pathlib import Path
 
 from common import guidance_fields
 
 from latentdiff.cli.generate import add_guidance_options, guidance_interval
+from latentdiff.config import format_interval
 from latentdiff.evaluation.adherence import evaluate_adherence
 from latentdiff.evaluation.suite import evaluation_suite
 from latentdiff.pipelines.pipeline import load_pipeline
@@ -118,7 +120,8 @@ def plot(results: Path, png: Path, *, snapshots: bool) -> None:
 
     def group(row: dict) -> tuple[str, str, float, str]:
         interval = row.get("guidance_interval")
-        every_step = interval is None or interval == "(0, inf]"
+        # Rows hold the interval as guidance_fields formatted it.
+        every_step = interval in (None, format_interval((0, math.inf)))
         within = "" if every_step else f" in σ {interval}"
         return row.get("label") or "", row["sampler"], row["guidance_scale"], within
 
