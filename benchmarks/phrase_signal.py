@@ -25,7 +25,8 @@ from autoencoder_ceiling import suite_renders
 from torch import Tensor
 
 from latentdiff.checkpoints.bundle import Components
-from latentdiff.diffusion.schedules import get_alphas_cumprod
+from latentdiff.diffusion.denoisers import Denoiser
+from latentdiff.diffusion.schedules import get_training_sigmas
 from latentdiff.pipelines.common import (
     encode_images,
     encode_prompt,
@@ -54,23 +55,22 @@ def data_mean(components: Components, prompts: list[str], seed: int) -> Tensor:
 
 @torch.no_grad()
 def model_mean(components: Components, prompts: list[str]) -> Tensor:
-    """Mean x0 estimate of the U-Net at its last timestep, prompt k from noise seed k."""
+    """Mean x0 estimate of the denoiser from pure noise at the largest training σ (where a
+    sampler starts), prompt k from noise seed k."""
     config = components.config
-    t = config.diffusion.num_train_timesteps - 1
-    alpha_bar = get_alphas_cumprod(config.diffusion)[t].float()
     if config.diffusion.prediction_type == "epsilon":
         raise SystemExit("needs a v-prediction model: an ε model has no x0 estimate at pure noise")
+    device = next(components.unet.parameters()).device
+    sigma = torch.full((len(prompts),), get_training_sigmas(config.diffusion)[-1].item())
     side = config.sample_size // config.autoencoder.downsample_factor
-    parameter = next(components.unet.parameters())
-    noise = seeded_noise((config.unet.in_channels, side, side), list(range(len(prompts))), "cpu")
-    x_t = (1 - alpha_bar).sqrt() * noise
-    v = components.unet(
-        x_t.to(parameter.device, parameter.dtype),
-        torch.full((len(prompts),), float(t), device=parameter.device),
+    noise = seeded_noise((config.unet.in_channels, side, side), list(range(len(prompts))), device)
+    denoise = Denoiser(components.unet, config.diffusion)
+    x0 = denoise(
+        sigma.to(device)[:, None, None, None] * noise,
+        sigma.to(device),
         encode_prompt(components, prompts),
     )
-    x0 = alpha_bar.sqrt() * x_t - (1 - alpha_bar).sqrt() * v.float().cpu()
-    return x0.mean(dim=0).to(parameter.device)
+    return x0.float().mean(dim=0)
 
 
 def word_effects(means: dict[str, Tensor]) -> dict[str, Tensor]:
