@@ -101,6 +101,10 @@ class UNetConfig:
     only_cross_attention: tuple[bool, ...] | None = None
     """Per level: the transformers' first attention attends to the text, not to the pixels
     (SD's x4 upscaler: all levels but the lowest); None means never."""
+    token_layout_size: int | None = None
+    """A learnt spatial prior per text token on the cross-attention logits, stored at this
+    latent side (the training one; `models/token_layout.py`). The context then carries the
+    token input embeddings beside the states. None (every SD preset): no such bias."""
 
     def __post_init__(self) -> None:
         _check(
@@ -115,6 +119,10 @@ class UNetConfig:
             self.only_cross_attention is None
             or len(self.only_cross_attention) == len(self.block_channels),
             "only_cross_attention needs one entry per block_channels level",
+        )
+        _check(
+            self.token_layout_size is None or self.token_layout_size >= 1,
+            "token_layout_size must be a positive latent side",
         )
         for c in self.block_channels:
             _check(c % self.norm_groups == 0, f"channels {c} not divisible by norm_groups")
@@ -383,6 +391,9 @@ def shapes_config() -> ModelConfig:
         # ceiling under the adherence targets. 8 groups, not SD's 32: a group of one channel
         # would normalise a flat background to 0.
         autoencoder=replace(base.autoencoder, block_channels=(32, 64, 128)),
+        # A learnt spatial prior per token on the cross-attention logits: without it the model
+        # never learns "on the left" and the like (docs/MODEL.md).
+        unet=replace(base.unet, token_layout_size=16),
         # Zero terminal SNR keeps the background out of x_T (Lin et al. 2024); it needs v.
         diffusion=DiffusionConfig(prediction_type="v_prediction", rescale_betas_zero_snr=True),
         # Measured best on the bundled weights (docs/MODEL.md): guidance 2, and none in the last

@@ -33,7 +33,7 @@ def test_context_width_must_match_text_encoder():
         dataclasses.replace(config, unet=dataclasses.replace(config.unet, context_dim=32))
 
 
-def test_shapes_differs_from_shapes_v1_in_autoencoder_width_objective_and_sampling():
+def test_shapes_differs_from_shapes_v1_in_autoencoder_width_objective_layout_and_sampling():
     v1, v2 = PRESETS["shapes-v1"](), PRESETS["shapes"]()
     assert v2.autoencoder.block_channels == (32, 64, 128)
     assert dataclasses.replace(v2.autoencoder, block_channels=(16, 32, 64)) == v1.autoencoder
@@ -41,7 +41,9 @@ def test_shapes_differs_from_shapes_v1_in_autoencoder_width_objective_and_sampli
         "v_prediction",
         True,
     )
-    assert (v2.unet, v2.text_encoder, v2.sample_size) == (v1.unet, v1.text_encoder, v1.sample_size)
+    assert v2.unet.token_layout_size == 16 and v1.unet.token_layout_size is None
+    v2_unet = dataclasses.replace(v2.unet, token_layout_size=None)
+    assert (v2_unet, v2.text_encoder, v2.sample_size) == (v1.unet, v1.text_encoder, v1.sample_size)
 
 
 def test_sampling_defaults_round_trip_through_strict_json() -> None:

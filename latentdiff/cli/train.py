@@ -17,7 +17,10 @@ from typing import TYPE_CHECKING
 from latentdiff.errors import UsageError
 
 if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command runs
+    import torch
+
     from latentdiff.config import DiffusionConfig
+    from latentdiff.models.unet import UNet
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -336,7 +339,7 @@ def run_train_unet(args: argparse.Namespace) -> None:
     cache = LatentCache.load(cache_path, expected=provenance)
     model = LatentDiffusionModel(UNet(model_config.unet), text_encoder, train_text_encoder=joint)
     if init is not None:  # a resumed run's checkpoint replaces these in the Trainer
-        load_module_state(model.unet, init.states["unet"], args.init_from)
+        load_init_unet(model.unet, init.states["unet"], args.init_from)
         if joint:
             load_module_state(model.text_encoder, init.states["text_encoder"], args.init_from)
     empty_ids = tokenizer.encode([""], model_config.text_encoder.context_length)
@@ -417,15 +420,30 @@ def default_weighting(diffusion: DiffusionConfig) -> str:
 
 
 def read_init_model(path: str, model_config):
-    """The weights of the model folder `--init-from` names, if its U-Net is the preset's."""
+    """The weights of the model folder `--init-from` names, if its U-Net is the preset's.
+
+    A U-Net without the preset's token layout bias qualifies too: the bias starts at zero,
+    where the model computes what the folder's U-Net computes.
+    """
     from latentdiff.checkpoints.sources import read_model
 
     weights = read_model(path)
     if weights.format != "latentdiff":
         raise UsageError(f"--init-from {path}: not a latentdiff model folder")
-    if weights.config.unet != model_config.unet:
+    unet = weights.config.unet
+    if unet.token_layout_size is None:
+        unet = dataclasses.replace(unet, token_layout_size=model_config.unet.token_layout_size)
+    if unet != model_config.unet:
         raise UsageError(f"--init-from {path}: its U-Net config differs from the preset's")
     return weights
+
+
+def load_init_unet(unet: UNet, state: dict[str, torch.Tensor], source: str) -> None:
+    """`--init-from`'s U-Net weights into `unet`; token layout maps it lacks keep their zeros."""
+    from latentdiff.training.checkpoint import load_module_state
+
+    fresh = {k: v for k, v in unet.state_dict().items() if k.startswith("token_layout.")}
+    load_module_state(unet, {**fresh, **state}, source)
 
 
 def load_text_encoder(choice: str, model_config):

@@ -22,16 +22,26 @@ from torch import Tensor, nn
 
 from latentdiff.errors import UsageError
 from latentdiff.models.layers import from_tokens, to_tokens
+from latentdiff.models.token_layout import LayoutBias
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, heads: int, slice_size: int | None = None) -> Tensor:
-    """softmax(q kᵀ / √d) v per head: (B, L, H·d), (B, S, H·d), (B, S, H·d) → (B, L, H·d).
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    heads: int,
+    slice_size: int | None = None,
+    bias: Tensor | None = None,
+) -> Tensor:
+    """softmax(q kᵀ / √d + bias) v per head: (B, L, H·d), (B, S, H·d), (B, S, H·d) → (B, L, H·d).
 
-    With a `slice_size`, at most that many query rows are attended at a time.
+    With a `slice_size`, at most that many query rows are attended at a time. `bias`
+    (B, 1, L, S) is shared by the heads (the token layout bias, `models/token_layout.py`).
     """
     q, k, v = (x.unflatten(-1, (heads, -1)).transpose(1, 2) for x in (q, k, v))  # (B, H, ·, d)
+    bias = None if bias is None else bias.to(q.dtype)
     if slice_size is None or slice_size >= q.shape[2]:
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     else:
         # Written slice by slice into one buffer (a list of slices and torch.cat would hold
         # the output twice), laid out (B, L, H, d) so that the flatten below is a view.
@@ -39,7 +49,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, heads: int, slice_size: int | Non
         out = q.new_empty(batch, length, heads, head_dim).transpose(1, 2)  # (B, H, L, d)
         for start in range(0, q.shape[2], slice_size):
             rows = slice(start, start + slice_size)
-            out[:, :, rows] = F.scaled_dot_product_attention(q[:, :, rows], k, v)
+            rows_bias = None if bias is None else bias[:, :, rows]
+            out[:, :, rows] = F.scaled_dot_product_attention(
+                q[:, :, rows], k, v, attn_mask=rows_bias
+            )
     return out.transpose(1, 2).flatten(2)
 
 
@@ -77,10 +90,12 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(context_dim, query_dim, bias=qkv_bias)
         self.to_out = nn.Linear(query_dim, query_dim)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, bias: Tensor | None = None
+    ) -> Tensor:
         context = x if context is None else context  # (B, S, D_ctx)
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
-        return self.to_out(attention(q, k, v, self.heads, self.slice_size))  # (B, L, D)
+        return self.to_out(attention(q, k, v, self.heads, self.slice_size, bias))  # (B, L, D)
 
 
 class FeedForward(nn.Module):
@@ -117,9 +132,10 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, layout_bias: Tensor | None = None) -> Tensor:
+        """`layout_bias` (B, 1, L, S) is added to the cross-attention's logits."""
         x = x + self.attn1(self.norm1(x), context if self.only_cross_attention else None)
-        x = x + self.attn2(self.norm2(x), context)
+        x = x + self.attn2(self.norm2(x), context, layout_bias)
         return x + self.ff(self.norm3(x))
 
 
@@ -155,12 +171,14 @@ class SpatialTransformer(nn.Module):
         )
         self.proj_out = projection(channels, channels)
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, layout: LayoutBias | None = None) -> Tensor:
+        """`layout`: the token layout bias of this forward pass, if the U-Net has one."""
         _, _, height, width = x.shape
+        bias = None if layout is None else layout(height, width)
         h = self.norm(x)
         h = self.proj_in(to_tokens(h)) if self.linear_projection else to_tokens(self.proj_in(h))
         for block in self.blocks:
-            h = block(h, context)  # (B, H·W, C)
+            h = block(h, context, bias)  # (B, H·W, C)
         if self.linear_projection:
             h = from_tokens(self.proj_out(h), height, width)
         else:

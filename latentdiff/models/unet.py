@@ -18,6 +18,7 @@ from latentdiff.config import UNetConfig
 from latentdiff.models.attention import SpatialTransformer
 from latentdiff.models.embeddings import TimestepEmbedding, timestep_embedding
 from latentdiff.models.layers import Downsample, ResBlock, Upsample
+from latentdiff.models.token_layout import LayoutBias, TokenLayoutBias, split_token_embeddings
 
 
 class UNetBlock(nn.Module):
@@ -28,9 +29,11 @@ class UNetBlock(nn.Module):
         self.resnet = resnet
         self.transformer = transformer
 
-    def forward(self, x: Tensor, emb: Tensor, context: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, emb: Tensor, context: Tensor, layout: LayoutBias | None = None
+    ) -> Tensor:
         x = self.resnet(x, emb)
-        return x if self.transformer is None else self.transformer(x, context)
+        return x if self.transformer is None else self.transformer(x, context, layout)
 
 
 class UNetLevel(nn.Module):
@@ -51,8 +54,10 @@ class MidBlock(nn.Module):
         self.transformer = transformer
         self.res2 = res2
 
-    def forward(self, x: Tensor, emb: Tensor, context: Tensor) -> Tensor:
-        return self.res2(self.transformer(self.res1(x, emb), context), emb)
+    def forward(
+        self, x: Tensor, emb: Tensor, context: Tensor, layout: LayoutBias | None = None
+    ) -> Tensor:
+        return self.res2(self.transformer(self.res1(x, emb), context, layout), emb)
 
 
 class UNet(nn.Module):
@@ -100,6 +105,14 @@ class UNet(nn.Module):
 
         self.norm_out = nn.GroupNorm(config.norm_groups, channels[0])
         self.conv_out = nn.Conv2d(channels[0], config.out_channels, 3, padding=1)
+        self.token_layout = None
+        if config.token_layout_size is not None:
+            levels = [i for i, on in enumerate(config.attention_levels) if on]
+            self.token_layout = TokenLayoutBias(
+                config.context_dim,
+                config.token_layout_size,
+                sorted({*levels, len(channels) - 1}),  # the mid block attends too
+            )
         self.initialize_weights()
 
     def _resnet(self, in_channels: int, out_channels: int) -> ResBlock:
@@ -149,10 +162,15 @@ class UNet(nn.Module):
         self, x: Tensor, t: Tensor, context: Tensor, class_labels: Tensor | None = None
     ) -> Tensor:
         """`class_labels` (B,) only for a U-Net with `num_class_embeds` (the upscaler's noise
-        level), whose embedding is added to the timestep's."""
+        level), whose embedding is added to the timestep's. With a token layout bias, the
+        context is `join_token_embeddings(states, token input embeddings)`, (B, S, 2D)."""
         # A half-precision U-Net takes the sampler's fp32 latents and context as they come.
         dtype = self.conv_in.weight.dtype
         x, context = x.to(dtype), context.to(dtype)
+        layout = None
+        if self.token_layout is not None:
+            context, token_embeds = split_token_embeddings(context)
+            layout = self.token_layout.bind(token_embeds, x.shape[-2])
         t = torch.as_tensor(t, device=x.device).expand(x.shape[0])
         features = timestep_embedding(
             t, self.config.block_channels[0], flip_sin_to_cos=self.config.flip_sin_to_cos
@@ -167,17 +185,17 @@ class UNet(nn.Module):
         skips = [h]
         for level in self.down:
             for block in level.blocks:
-                h = block(h, emb, context)
+                h = block(h, emb, context, layout)
                 skips.append(h)
             if level.resample is not None:
                 h = level.resample(h)  # (B, C, H/2, W/2)
                 skips.append(h)
 
-        h = self.mid(h, emb, context)  # (B, C_last, H / 2**(levels-1), W / 2**(levels-1))
+        h = self.mid(h, emb, context, layout)  # (B, C_last, H / 2**(levels-1), W / 2**(levels-1))
 
         for level in self.up:
             for block in level.blocks:
-                h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
+                h = block(torch.cat([h, skips.pop()], dim=1), emb, context, layout)
             if level.resample is not None:
                 h = level.resample(h)  # (B, C, 2H, 2W)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, H, W)

@@ -23,6 +23,7 @@ def encode_prompt(components: Components, prompts: list[str]) -> torch.Tensor:
         prompts,
         components.config.text_encoder.context_length,
         max_chunks=tokenizer.max_chunks,
+        token_embeddings=components.config.unet.token_layout_size is not None,
     )
 
 

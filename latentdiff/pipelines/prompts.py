@@ -27,6 +27,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from latentdiff.models.token_layout import join_token_embeddings
 from latentdiff.models.tokenizer import PromptTokenizer, check_prompts, frame
 
 ROUND_FACTOR = 1.1
@@ -139,6 +140,7 @@ def encode_prompts(
     context_length: int,
     *,
     max_chunks: int | None = None,
+    token_embeddings: bool = False,
 ) -> Tensor:
     """Prompts → the U-Net's context, (B, n·context_length, D), n = the most chunks of any prompt.
 
@@ -147,6 +149,8 @@ def encode_prompts(
     one chunk gives exactly `text_encoder(tokenizer.encode(prompts, context_length))`: the same
     ids, and no reweighting. `max_chunks` caps n; tokens beyond it are dropped with a warning.
     All chunks of all prompts go through the encoder in one batch, without gradients.
+    `token_embeddings` joins the token input embeddings to the (emphasised) states, as a U-Net
+    with a token layout bias takes them: (B, n·context_length, 2D).
     """
     check_prompts(prompts, context_length)
     if context_length < 3:
@@ -168,6 +172,9 @@ def encode_prompts(
         states = text_encoder(ids.view(len(rows), context_length).to(device))  # (B·n, L, D)
         if (weights != 1).any():
             states = emphasize(states, weights.view(len(rows), context_length).to(device))
+        if token_embeddings:
+            token_embeds = text_encoder.token_embedding(ids.to(device))
+            states = join_token_embeddings(states, token_embeds)
     return states.reshape(len(prompts), n * context_length, states.shape[-1])
 
 

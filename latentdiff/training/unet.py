@@ -23,6 +23,7 @@ from latentdiff.errors import UsageError
 from latentdiff.fileio import atomic_folder
 from latentdiff.models.autoencoder import Autoencoder, to_diffusion_latents
 from latentdiff.models.text_encoder import TextEncoder
+from latentdiff.models.token_layout import join_token_embeddings
 from latentdiff.models.tokenizer import Tokenizer
 from latentdiff.models.unet import UNet
 from latentdiff.pipelines.common import images_to_tensor
@@ -47,6 +48,9 @@ class LatentDiffusionModel(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor, input_ids: Tensor) -> Tensor:
         with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
             context = self.text_encoder(input_ids)  # (B, L, D)
+            if self.unet.token_layout is not None:
+                token_embeds = self.text_encoder.token_embedding(input_ids)
+                context = join_token_embeddings(context, token_embeds)  # (B, L, 2D)
         return self.unet(x_t, t, context)
 
 

@@ -1,4 +1,5 @@
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -362,6 +363,28 @@ def test_init_from_fine_tunes_a_model_with_a_zero_terminal_snr_v_objective(
     assert pipe.scheduler.spacing == "trailing"
     (image,) = pipe("a red circle", num_inference_steps=2, seed=0)
     assert np.isfinite(np.array(image, dtype=float)).all()
+
+
+def test_init_from_a_unet_without_the_presets_token_layout_starts_its_maps_at_zero(
+    unet_run: Path,
+) -> None:
+    from latentdiff.cli.train import load_init_unet, read_init_model
+    from latentdiff.errors import UsageError
+    from latentdiff.models.unet import UNet
+
+    config = tiny_config()
+    layout = dataclasses.replace(config, unet=dataclasses.replace(config.unet, token_layout_size=8))
+    init = read_init_model(str(unet_run / "model"), layout)
+    unet = UNet(layout.unet)
+    load_init_unet(unet, init.states["unet"], "init")
+    state = unet.state_dict()
+    for key, value in init.states["unet"].items():
+        torch.testing.assert_close(state[key], value.to(state[key].dtype), msg=key)
+    maps = [k for k in state if k.startswith("token_layout.")]
+    assert maps == ["token_layout.maps.1"] and (state[maps[0]] == 0).all()
+    wider = dataclasses.replace(layout.unet, block_channels=(32, 32))
+    with pytest.raises(UsageError, match="differs from the preset"):
+        read_init_model(str(unet_run / "model"), dataclasses.replace(layout, unet=wider))
 
 
 def test_torchrun_encodes_the_latent_cache_once(

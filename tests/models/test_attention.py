@@ -129,9 +129,9 @@ def test_slices_hold_at_most_slice_size_query_rows(monkeypatch):
     query_rows = []
     sdpa = F.scaled_dot_product_attention
 
-    def counting(q, k, v):
+    def counting(q, k, v, attn_mask=None):
         query_rows.append(q.shape[2])
-        return sdpa(q, k, v)
+        return sdpa(q, k, v, attn_mask=attn_mask)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
     attention(randn(1, 10, 8), randn(1, 10, 8), randn(1, 10, 8), heads=2, slice_size=4)

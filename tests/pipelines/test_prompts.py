@@ -144,6 +144,22 @@ def test_emphasis_scales_states_then_restores_each_chunks_mean(text_encoder, tok
     torch.testing.assert_close(ratio[5] / ratio[0], torch.tensor(0.5))
 
 
+def test_token_embeddings_follow_the_emphasised_states_of_every_chunk(text_encoder, tokenizer):
+    """For a U-Net with a token layout bias: [states | input embeddings], emphasis on the
+    states only (the layout bias reads the embeddings as they are)."""
+    prompts = [f"{words(80)} (red:1.5)", "a circle"]
+    context = encode_prompts(text_encoder, tokenizer, prompts, L, token_embeddings=True)
+    states = encode_prompts(text_encoder, tokenizer, prompts, L)
+    assert context.shape == (2, 2 * L, 32)
+    assert torch.equal(context[..., :16], states)
+    tokens = tokenizer.tokenize(words(80))
+    with torch.no_grad():
+        ids = tokenizer.encode(["a circle"], L)
+        torch.testing.assert_close(context[1, :L, 16:], text_encoder.token_embedding(ids)[0])
+        first = torch.tensor([BOS_ID, *tokens[:75], EOS_ID])
+        torch.testing.assert_close(context[0, :L, 16:], text_encoder.token_embedding(first))
+
+
 def test_the_mean_is_restored_per_chunk_and_per_prompt(text_encoder, tokenizer):
     """An unweighted chunk stays the plain encoding, beside a weighted chunk or a weighted
     prompt of the same batch."""
