@@ -17,7 +17,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -38,8 +38,10 @@ OPENMP_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 @torch.no_grad()
 def random_components(seed: int = 0) -> Components:
-    """The `shapes` architecture with random weights and no all-zero layers."""
+    """The `shapes` architecture with random weights and no all-zero layers, without the token
+    layout bias: the peer's U-Net has none (its cost: `benchmarks/token_layout_cost.py`)."""
     config = shapes_config()
+    config = replace(config, unet=replace(config.unet, token_layout_size=None))
     torch.manual_seed(seed)
     components = build_components(
         config, build_world_tokenizer(vocab_size=config.text_encoder.vocab_size)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from latentdiff.checkpoints.bundle import empty_modules
 from latentdiff.config import AutoencoderConfig, UNetConfig
+from latentdiff.errors import UsageError
 from latentdiff.models.autoencoder import Autoencoder
 from latentdiff.models.unet import UNet
 from latentdiff.training.checkpoint import check_state
@@ -101,6 +102,10 @@ def diffusers_unet_config(config: UNetConfig) -> dict:
     diffusers' `attention_head_dim` is, for historical reasons, the number of heads: an int for
     SD 1.x (8), a per-level list for SD 2.x ([5, 10, 20, 20] = channels / 64).
     """
+    if config.token_layout_size is not None:
+        raise UsageError(
+            "this U-Net has a token layout bias, which diffusers' UNet2DConditionModel lacks"
+        )
     heads = [config.heads_at(c) for c in config.block_channels]
     down = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in config.attention_levels]
     up = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in config.attention_levels[::-1]]

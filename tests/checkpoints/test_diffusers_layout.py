@@ -22,7 +22,7 @@ def shapes(state_dict):
     return {key: tuple(value.shape) for key, value in state_dict.items()}
 
 
-@pytest.mark.parametrize("preset", ["sd15", "sd21", "shapes"])
+@pytest.mark.parametrize("preset", ["sd15", "sd21", "shapes-v1"])
 def test_unet_keys_and_shapes_equal_diffusers(preset):
     config = PRESETS[preset]().unet
     with torch.device("meta"):
@@ -38,6 +38,12 @@ def test_autoencoder_keys_and_shapes_equal_diffusers(preset):
         ours = Autoencoder(config).state_dict()
         reference = AutoencoderKL(**diffusers_vae_config(config)).state_dict()
     assert shapes(autoencoder_to_diffusers(ours, config)) == shapes(reference)
+
+
+def test_a_unet_with_a_token_layout_bias_has_no_diffusers_counterpart():
+    assert PRESETS["shapes"]().unet.token_layout_size is not None
+    with pytest.raises(UsageError, match="token layout bias"):
+        diffusers_unet_config(PRESETS["shapes"]().unet)
 
 
 def test_round_trips_give_back_the_same_tensors():
