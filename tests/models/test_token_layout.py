@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latentdiff.config import PRESETS, UNetConfig
+from latentdiff.config import PRESETS
 from latentdiff.models.attention import attention
 from latentdiff.models.text_encoder import TextEncoder
 from latentdiff.models.token_layout import (
@@ -17,16 +17,7 @@ from latentdiff.models.token_layout import (
 from latentdiff.models.unet import UNet
 from latentdiff.training.unet import LatentDiffusionModel
 
-PLAIN = UNetConfig(
-    block_channels=(16, 32, 32),
-    layers_per_block=1,
-    attention_levels=(False, True, True),
-    num_heads=None,
-    head_dim=8,
-    context_dim=12,
-    norm_groups=8,
-    use_linear_projection=True,
-)
+PLAIN = PRESETS["tiny"]().unet  # attention at level 1 (and the mid block, level 1 too)
 LAYOUT = dataclasses.replace(PLAIN, token_layout_size=8)
 
 
@@ -45,9 +36,15 @@ def randomized(unet: UNet, seed: int = 0) -> UNet:
 
 
 def test_maps_sit_on_the_attending_levels_and_the_mid_block_at_their_feature_sides() -> None:
-    unet = UNet(dataclasses.replace(LAYOUT, attention_levels=(True, False, False)))
-    shapes = {k: tuple(v.shape) for k, v in unet.token_layout.state_dict().items()}
-    assert shapes == {"maps.0": (12, 8, 8), "maps.2": (12, 2, 2)}
+    config = dataclasses.replace(
+        LAYOUT, block_channels=(16, 32, 32), attention_levels=(True, False, False)
+    )
+    shapes = {k: tuple(v.shape) for k, v in UNet(config).token_layout.state_dict().items()}
+    assert shapes == {"maps.0": (16, 8, 8), "maps.2": (16, 2, 2)}
+    unet = UNet(LAYOUT)
+    assert {k: tuple(v.shape) for k, v in unet.token_layout.state_dict().items()} == {
+        "maps.1": (16, 4, 4)
+    }
     assert all((v == 0).all() for v in unet.token_layout.parameters())
     assert UNet(PLAIN).token_layout is None
     assert all(PRESETS[name]().unet.token_layout_size is None for name in ("sd15", "sd21"))
@@ -59,8 +56,8 @@ def test_at_zero_the_layout_unet_computes_the_plain_unet() -> None:
     x, t, states, embeds = (
         randn(2, 4, 8, 8),
         torch.tensor([3.0, 500.0]),
-        randn(2, 5, 12),
-        randn(2, 5, 12, seed=1),
+        randn(2, 5, 16),
+        randn(2, 5, 16, seed=1),
     )
     expected = plain(x, t, states)
     assert expected.abs().mean() > 0.1
