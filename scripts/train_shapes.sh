@@ -16,22 +16,31 @@ latentdiff train autoencoder --output-dir "$runs/ae" --batch-size 16 --lr 1e-3 -
 # U-Net: v-prediction on the zero-terminal-SNR schedule (the preset's objective) with a plain v
 # loss, on a cache of 60,000 scenes; 3e-4 held from the warm-up's end to step 8,250, then a
 # cosine decay to 0 at step 11,250 (warm-up, stable, decay).
-latentdiff train unet --autoencoder "$runs/ae" --output-dir "$runs/unet" --cache-size 60000 \
-  --batch-size 64 --lr 3e-4 --warmup 200 --ema-decay 0.998 --steps 11250 --lr-schedule cosine \
-  --cosine-from 8250 --checkpoint-every 250 --no-progress
+latentdiff train unet --preset shapes-v2 --autoencoder "$runs/ae" --output-dir "$runs/unet" \
+  --cache-size 60000 --batch-size 64 --lr 3e-4 --warmup 200 --ema-decay 0.998 --steps 11250 \
+  --lr-schedule cosine --cosine-from 8250 --checkpoint-every 250 --no-progress
 
 # A second cycle, resumed from step 11,250: the rate restarts at 1.5e-4 and decays on a cosine
 # to 0 at step 14,250 (+192,000 samples; 0.355 → 0.396 on the suite, docs/MODEL.md).
-latentdiff train unet --autoencoder "$runs/ae" --output-dir "$runs/unet" --cache-size 60000 \
-  --batch-size 64 --lr 1.5e-4 --warmup 200 --ema-decay 0.998 --steps 14250 --lr-schedule cosine \
-  --cosine-from 11250 --checkpoint-every 250 --no-progress
+latentdiff train unet --preset shapes-v2 --autoencoder "$runs/ae" --output-dir "$runs/unet" \
+  --cache-size 60000 --batch-size 64 --lr 1.5e-4 --warmup 200 --ema-decay 0.998 --steps 14250 \
+  --lr-schedule cosine --cosine-from 11250 --checkpoint-every 250 --no-progress
 
 # A third cycle, resumed from step 14,250: the rate restarts at 1e-4 and decays on a cosine to 0
 # at step 15,550 (+83,200 samples, 34 min: the rest of the ~8 h budget; 0.488 → 0.516 at the
 # default sampling, 0.396 → 0.417 at CFG 5, docs/MODEL.md).
-latentdiff train unet --autoencoder "$runs/ae" --output-dir "$runs/unet" --cache-size 60000 \
-  --batch-size 64 --lr 1e-4 --warmup 200 --ema-decay 0.998 --steps 15550 --lr-schedule cosine \
-  --cosine-from 14250 --checkpoint-every 250 --no-progress
+latentdiff train unet --preset shapes-v2 --autoencoder "$runs/ae" --output-dir "$runs/unet" \
+  --cache-size 60000 --batch-size 64 --lr 1e-4 --warmup 200 --ema-decay 0.998 --steps 15550 \
+  --lr-schedule cosine --cosine-from 14250 --checkpoint-every 250 --no-progress
+
+# A fourth cycle from the third's weights, with the token layout bias the preset now has (a
+# learnt spatial prior per token on the cross-attention logits; docs/MODEL.md): its maps start
+# at zero, so the run starts as the v2 model. 1.5e-4 held to step 2,000, cosine to 0 at 4,000,
+# on the same 60,000-scene cache (+256,000 samples).
+latentdiff train unet --autoencoder "$runs/ae" --output-dir "$runs/unet_layout" \
+  --init-from "$runs/unet/model" --cache-size 60000 --batch-size 64 --lr 1.5e-4 --warmup 100 \
+  --ema-decay 0.998 --steps 4000 --lr-schedule cosine --cosine-from 2000 --checkpoint-every 250 \
+  --no-progress
 
 # CLIP (text tower + ViT, contrastive on fresh renders): the CLIP-score model, unchanged since
 # the first model (whose run, /work/runs/clip, it comes from). 800 steps × 256, cosine from 5e-4.
@@ -40,5 +49,5 @@ latentdiff train clip --output-dir "$runs/clip" --steps 800 --batch-size 256 --l
 
 # The bundle: the U-Net run's model folder (EMA weights, fp16, with its autoencoder and tokenizer).
 mkdir -p latentdiff/assets/shapes latentdiff/assets/clip
-cp "$runs/unet/model/"{config.json,model.safetensors,tokenizer.json} latentdiff/assets/shapes/
+cp "$runs/unet_layout/model/"{config.json,model.safetensors,tokenizer.json} latentdiff/assets/shapes/
 cp "$runs/clip/"{clip.safetensors,clip_config.json,tokenizer.json} latentdiff/assets/clip/

@@ -33,17 +33,22 @@ def test_context_width_must_match_text_encoder():
         dataclasses.replace(config, unet=dataclasses.replace(config.unet, context_dim=32))
 
 
-def test_shapes_differs_from_shapes_v1_in_autoencoder_width_objective_layout_and_sampling():
-    v1, v2 = PRESETS["shapes-v1"](), PRESETS["shapes"]()
+def test_shapes_v2_differs_from_shapes_v1_in_autoencoder_width_objective_and_sampling():
+    v1, v2 = PRESETS["shapes-v1"](), PRESETS["shapes-v2"]()
     assert v2.autoencoder.block_channels == (32, 64, 128)
     assert dataclasses.replace(v2.autoencoder, block_channels=(16, 32, 64)) == v1.autoencoder
     assert (v2.diffusion.prediction_type, v2.diffusion.rescale_betas_zero_snr) == (
         "v_prediction",
         True,
     )
-    assert v2.unet.token_layout_size == 16 and v1.unet.token_layout_size is None
-    v2_unet = dataclasses.replace(v2.unet, token_layout_size=None)
-    assert (v2_unet, v2.text_encoder, v2.sample_size) == (v1.unet, v1.text_encoder, v1.sample_size)
+    assert (v2.unet, v2.text_encoder, v2.sample_size) == (v1.unet, v1.text_encoder, v1.sample_size)
+
+
+def test_shapes_is_shapes_v2_with_a_token_layout_bias_at_the_latent_side():
+    shapes, v2 = PRESETS["shapes"](), PRESETS["shapes-v2"]()
+    side = shapes.sample_size // shapes.autoencoder.downsample_factor
+    assert (shapes.unet.token_layout_size, v2.unet.token_layout_size) == (side, None)
+    assert dataclasses.replace(shapes, unet=v2.unet) == v2
 
 
 def test_sampling_defaults_round_trip_through_strict_json() -> None:
