@@ -17,7 +17,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from latentdiff.checkpoints.bundle import Components, build_components, save_components
-from latentdiff.config import format_interval, shapes_config
+from latentdiff.config import format_interval, shapes_v2_config
 from latentdiff.models.tokenizer import build_world_tokenizer
 from latentdiff.pipelines.pipeline import Pipeline, load_pipeline
 from latentdiff.pipelines.request import GenerationRequest
@@ -38,10 +38,10 @@ OPENMP_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 @torch.no_grad()
 def random_components(seed: int = 0) -> Components:
-    """The `shapes` architecture with random weights and no all-zero layers, without the token
-    layout bias: the peer's U-Net has none (its cost: `benchmarks/token_layout_cost.py`)."""
-    config = shapes_config()
-    config = replace(config, unet=replace(config.unet, token_layout_size=None))
+    """The `shapes-v2` architecture (`shapes` without the token layout bias, which the peer's
+    U-Net lacks; its cost: `benchmarks/token_layout_cost.py`) with random weights and no
+    all-zero layers."""
+    config = shapes_v2_config()
     torch.manual_seed(seed)
     components = build_components(
         config, build_world_tokenizer(vocab_size=config.text_encoder.vocab_size)

@@ -17,6 +17,7 @@ import torch
 from common import alternate, machine_summary, median, random_components
 
 from latentdiff.checkpoints.bundle import build_components
+from latentdiff.config import shapes_config
 from latentdiff.pipelines.pipeline import Pipeline
 
 PROMPT = "a red circle on the left"
@@ -25,8 +26,7 @@ PROMPT = "a red circle on the left"
 def with_layout(plain: Pipeline, seed: int = 0) -> Pipeline:
     """`plain`'s components with the shapes preset's layout bias added, its maps random."""
     components = plain.components
-    unet_config = dataclasses.replace(components.config.unet, token_layout_size=16)
-    config = dataclasses.replace(components.config, unet=unet_config)
+    config = dataclasses.replace(components.config, unet=shapes_config().unet)
     layout = build_components(config, components.tokenizer)
     layout.unet.load_state_dict(components.unet.state_dict(), strict=False)
     layout.text_encoder.load_state_dict(components.text_encoder.state_dict())
