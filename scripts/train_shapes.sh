@@ -35,12 +35,13 @@ latentdiff train unet --preset shapes-v2 --autoencoder "$runs/ae" --output-dir "
 
 # A fourth cycle from the third's weights, with the token layout bias the preset now has (a
 # learnt spatial prior per token on the cross-attention logits; docs/MODEL.md): its maps start
-# at zero, so the run starts as the v2 model. 1.5e-4 held to step 2,000, cosine to 0 at 4,000,
-# on the same 60,000-scene cache (+256,000 samples).
+# at zero, so the run starts as the v2 model. Half the timesteps from t = 850–999, where the
+# layout is decided; 1.5e-4 held to step 2,000, cosine to 0 at 4,000, on the same
+# 60,000-scene cache (+256,000 samples).
 latentdiff train unet --autoencoder "$runs/ae" --output-dir "$runs/unet_layout" \
   --init-from "$runs/unet/model" --cache-size 60000 --batch-size 64 --lr 1.5e-4 --warmup 100 \
-  --ema-decay 0.998 --steps 4000 --lr-schedule cosine --cosine-from 2000 --checkpoint-every 250 \
-  --no-progress
+  --ema-decay 0.998 --steps 4000 --lr-schedule cosine --cosine-from 2000 \
+  --high-noise-share 0.5 --high-noise-from 850 --checkpoint-every 250 --no-progress
 
 # CLIP (text tower + ViT, contrastive on fresh renders): the CLIP-score model, unchanged since
 # the first model (whose run, /work/runs/clip, it comes from). 800 steps × 256, cosine from 5e-4.

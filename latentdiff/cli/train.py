@@ -76,6 +76,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--prediction-type v_prediction, and samples with trailing timesteps",
     )
     unet.add_argument(
+        "--high-noise-share",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="draw this share of the timesteps from --high-noise-from up instead of from all "
+        "(where an image's layout is decided; docs/MODEL.md)",
+    )
+    unet.add_argument(
+        "--high-noise-from", type=int, default=850, metavar="T", help="see --high-noise-share"
+    )
+    unet.add_argument(
         "--init-from",
         metavar="MODEL",
         help="start a new run from this model folder's U-Net (and jointly trained text "
@@ -296,7 +307,14 @@ def run_train_unet(args: argparse.Namespace) -> None:
         raise UsageError(f"--cache-size must be at least 1, got {args.cache_size}")
     if not 0 <= args.cond_drop <= 1:
         raise UsageError(f"--cond-drop must be a probability, got {args.cond_drop}")
+    if not 0 <= args.high_noise_share <= 1:
+        raise UsageError(f"--high-noise-share must be a probability, got {args.high_noise_share}")
     model_config = with_objective(preset(args.preset), args)
+    if not 0 <= args.high_noise_from < model_config.diffusion.num_train_timesteps:
+        raise UsageError(
+            f"--high-noise-from must be a timestep of 0–"
+            f"{model_config.diffusion.num_train_timesteps - 1}, got {args.high_noise_from}"
+        )
     init = read_init_model(args.init_from, model_config) if args.init_from else None
     autoencoder = load_autoencoder_run(args.autoencoder)
     if autoencoder.config.latent_channels != model_config.unet.in_channels:
@@ -348,6 +366,8 @@ def run_train_unet(args: argparse.Namespace) -> None:
         empty_ids,
         args.cond_drop,
         weighting=args.weighting or default_weighting(model_config.diffusion),
+        high_noise_share=args.high_noise_share,
+        high_noise_from=args.high_noise_from,
     )
     model_config = dataclasses.replace(
         model_config,

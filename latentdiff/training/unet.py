@@ -63,6 +63,9 @@ class DiffusionObjective:
     """Token ids of the empty prompt: the "unconditional" input that CFG contrasts against."""
     cond_drop_prob: float = 0.1
     weighting: Literal["none", "min_snr"] = "min_snr"
+    high_noise_share: float = 0.0
+    """Share of timesteps drawn from `high_noise_from` up (`losses.sample_timesteps`)."""
+    high_noise_from: int = 850
 
     def __call__(
         self, model: nn.Module, batch: tuple[Tensor, Tensor], generator: torch.Generator
@@ -72,7 +75,14 @@ class DiffusionObjective:
         ids = torch.where((drop < self.cond_drop_prob)[:, None], self.empty_ids.to(ids.device), ids)
         # The model takes token ids where a bare U-Net takes context: it encodes them itself.
         return diffusion_loss(
-            model, latents, ids, self.config, generator=generator, weighting=self.weighting
+            model,
+            latents,
+            ids,
+            self.config,
+            generator=generator,
+            weighting=self.weighting,
+            high_noise_share=self.high_noise_share,
+            high_noise_from=self.high_noise_from,
         )
 
 

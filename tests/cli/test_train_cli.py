@@ -212,6 +212,8 @@ def broken_autoencoder(autoencoder_run: AutoencoderRun, tmp_path: Path) -> Path:
             "does not split into 4",
         ),
         (["autoencoder", "--cosine-from", "1"], "cosine_from needs the cosine schedule"),
+        (["unet", "--autoencoder", "{good}", "--high-noise-share", "1.5"], "a probability"),
+        (["unet", "--autoencoder", "{good}", "--high-noise-from", "1000"], "timestep of 0–999"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(

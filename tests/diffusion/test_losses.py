@@ -8,7 +8,13 @@ import torch
 
 from latentdiff.config import DiffusionConfig
 from latentdiff.diffusion.schedules import get_alphas_cumprod
-from latentdiff.training.losses import add_noise, diffusion_loss, min_snr_weights, velocity
+from latentdiff.training.losses import (
+    add_noise,
+    diffusion_loss,
+    min_snr_weights,
+    sample_timesteps,
+    velocity,
+)
 
 
 class OracleUNet:
@@ -79,3 +85,21 @@ def test_forward_process_and_velocity_equal_diffusers():
     torch.testing.assert_close(
         velocity(x0, eps, t, alphas_cumprod), reference.get_velocity(x0, eps, t)
     )
+
+
+def test_timesteps_are_uniform_without_a_high_noise_share():
+    t = sample_timesteps(4096, 1000, torch.Generator().manual_seed(0))
+    expected = torch.randint(0, 1000, (4096,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(t, expected)
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_a_high_noise_share_draws_that_share_from_the_top_timesteps(share):
+    t = sample_timesteps(
+        20_000, 1000, torch.Generator().manual_seed(0), high_noise_share=share, high_noise_from=850
+    )
+    assert 0 <= t.min() and t.max() <= 999
+    # P(t ≥ 850) = share + (1 − share) · 0.15; binomial std over 20,000 draws ≤ 0.0036.
+    expected = share + (1 - share) * 0.15
+    assert abs((t >= 850).float().mean().item() - expected) < 0.015
+    assert (t >= 850).all() == (share == 1.0)
