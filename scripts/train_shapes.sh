@@ -45,7 +45,7 @@ latentdiff train unet --autoencoder "$runs/ae" --output-dir "$runs/unet_layout" 
 
 # A fifth, short cycle from the fourth's weights with uniform timesteps again: 1e-4 after a
 # 50-step warm-up, cosine to 0 at step 1,000 (+64,000 samples; 0.496 → 0.516 on the suite at
-# the default sampling, docs/MODEL.md).
+# guidance 2, 0.530 at its measured-best default 2.5, docs/MODEL.md).
 latentdiff train unet --autoencoder "$runs/ae" --output-dir "$runs/unet_layout2" \
   --init-from "$runs/unet_layout/model" --cache-size 60000 --batch-size 64 --lr 1e-4 \
   --warmup 50 --ema-decay 0.998 --steps 1000 --lr-schedule cosine --checkpoint-every 250 \

@@ -44,11 +44,13 @@ def test_shapes_v2_differs_from_shapes_v1_in_autoencoder_width_objective_and_sam
     assert (v2.unet, v2.text_encoder, v2.sample_size) == (v1.unet, v1.text_encoder, v1.sample_size)
 
 
-def test_shapes_is_shapes_v2_with_a_token_layout_bias_at_the_latent_side():
+def test_shapes_is_shapes_v2_with_a_token_layout_bias_and_its_own_guidance():
     shapes, v2 = PRESETS["shapes"](), PRESETS["shapes-v2"]()
     side = shapes.sample_size // shapes.autoencoder.downsample_factor
     assert (shapes.unet.token_layout_size, v2.unet.token_layout_size) == (side, None)
-    assert dataclasses.replace(shapes, unet=v2.unet) == v2
+    # Each model's sampling defaults are the ones measured best on its weights.
+    assert (shapes.sampling.guidance_scale, v2.sampling.guidance_scale) == (2.5, 2.0)
+    assert dataclasses.replace(shapes, unet=v2.unet, sampling=v2.sampling) == v2
 
 
 def test_sampling_defaults_round_trip_through_strict_json() -> None:
