@@ -17,6 +17,7 @@ import torch
 from common import alternate, machine_summary, median, random_components
 
 from latentdiff.checkpoints.bundle import build_components
+from latentdiff.cli.train import load_init_unet
 from latentdiff.config import shapes_config
 from latentdiff.pipelines.pipeline import Pipeline
 
@@ -28,7 +29,7 @@ def with_layout(plain: Pipeline, seed: int = 0) -> Pipeline:
     components = plain.components
     config = dataclasses.replace(components.config, unet=shapes_config().unet)
     layout = build_components(config, components.tokenizer)
-    layout.unet.load_state_dict(components.unet.state_dict(), strict=False)
+    load_init_unet(layout.unet, components.unet.state_dict(), "random shapes-v2 weights")
     layout.text_encoder.load_state_dict(components.text_encoder.state_dict())
     layout.autoencoder.load_state_dict(components.autoencoder.state_dict())
     generator = torch.Generator().manual_seed(seed)

@@ -84,7 +84,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(where an image's layout is decided; docs/MODEL.md)",
     )
     unet.add_argument(
-        "--high-noise-from", type=int, default=850, metavar="T", help="see --high-noise-share"
+        # The literal is losses.HIGH_NOISE_FROM: the CLI imports no torch module to register.
+        "--high-noise-from",
+        type=int,
+        default=850,
+        metavar="T",
+        help="see --high-noise-share",
     )
     unet.add_argument(
         "--init-from",

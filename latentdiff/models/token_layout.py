@@ -42,7 +42,6 @@ class TokenLayoutBias(nn.Module):
 
     def __init__(self, width: int, latent_side: int, levels: list[int]) -> None:
         super().__init__()
-        self.latent_side = latent_side
         self.maps = nn.ParameterDict(
             {
                 str(level): nn.Parameter(torch.zeros(width, side, side))

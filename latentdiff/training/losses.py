@@ -68,13 +68,18 @@ def min_snr_weights(
     return clipped / snr if prediction_type == "epsilon" else clipped / (snr + 1)
 
 
+HIGH_NOISE_FROM = 850
+"""Default first timestep of `sample_timesteps`' high-noise range: ᾱ = 0.023 on SD's schedule,
+0.008 on its zero-terminal-SNR rescaling."""
+
+
 def sample_timesteps(
     batch: int,
     num_train_timesteps: int,
     generator: torch.Generator,
     *,
     high_noise_share: float = 0.0,
-    high_noise_from: int = 850,
+    high_noise_from: int = HIGH_NOISE_FROM,
 ) -> Tensor:
     """t ~ U{0, …, T−1} (B,); with a `high_noise_share`, each t is instead drawn from
     U{high_noise_from, …, T−1} with that probability.
@@ -105,7 +110,7 @@ def diffusion_loss(
     weighting: Literal["none", "min_snr"] = "none",
     min_snr_gamma: float = 5.0,
     high_noise_share: float = 0.0,
-    high_noise_from: int = 850,
+    high_noise_from: int = HIGH_NOISE_FROM,
 ) -> Tensor:
     """Mean over the batch of the per-sample MSE between the U-Net output and its target.
 

@@ -28,7 +28,7 @@ from latentdiff.models.tokenizer import Tokenizer
 from latentdiff.models.unet import UNet
 from latentdiff.pipelines.common import images_to_tensor
 from latentdiff.training.checkpoint import load_weights, save_weights
-from latentdiff.training.losses import diffusion_loss
+from latentdiff.training.losses import HIGH_NOISE_FROM, diffusion_loss
 from latentdiff.training.trainer import Trainer, derive_seed, shard_indices
 from latentdiff.world.render import render_batch
 
@@ -65,7 +65,7 @@ class DiffusionObjective:
     weighting: Literal["none", "min_snr"] = "min_snr"
     high_noise_share: float = 0.0
     """Share of timesteps drawn from `high_noise_from` up (`losses.sample_timesteps`)."""
-    high_noise_from: int = 850
+    high_noise_from: int = HIGH_NOISE_FROM
 
     def __call__(
         self, model: nn.Module, batch: tuple[Tensor, Tensor], generator: torch.Generator

@@ -367,6 +367,14 @@ def test_init_from_fine_tunes_a_model_with_a_zero_terminal_snr_v_objective(
     assert np.isfinite(np.array(image, dtype=float)).all()
 
 
+def test_the_high_noise_range_defaults_to_the_losses_constant() -> None:
+    from latentdiff.cli import build_parser
+    from latentdiff.training.losses import HIGH_NOISE_FROM
+
+    args = build_parser().parse_args(["train", "unet", "--autoencoder", "a", "--output-dir", "o"])
+    assert (args.high_noise_share, args.high_noise_from) == (0.0, HIGH_NOISE_FROM)
+
+
 def test_init_from_a_unet_without_the_presets_token_layout_starts_its_maps_at_zero(
     unet_run: Path,
 ) -> None:
