@@ -3,7 +3,9 @@
 Renders one scene for every prompt of the evaluation suite (drawn by the world to satisfy it),
 scores the renders, then scores the same renders after an encode → decode round trip through
 the model's autoencoder (posterior mode). The first row checks the evaluator (it should be
-near 1.0); the second is the ceiling the latent space puts on any U-Net trained in it.
+near 1.0); the second is the ceiling the latent space puts on any U-Net trained in it, with
+`shape_kept`: per shape and size, the share of single-object renders that still read as one
+object of their shape (squares lose their corners first).
 
     python benchmarks/autoencoder_ceiling.py --model shapes
     python benchmarks/autoencoder_ceiling.py --autoencoder RUN   # a `train autoencoder` run
@@ -22,6 +24,7 @@ import torch
 from latentdiff.checkpoints.bundle import load_autoencoder_run
 from latentdiff.config import PRESETS
 from latentdiff.devices import resolve_device
+from latentdiff.evaluation.detector import detect
 from latentdiff.evaluation.scoring import score
 from latentdiff.evaluation.suite import evaluation_suite
 from latentdiff.models.autoencoder import Autoencoder
@@ -56,6 +59,22 @@ def round_trip(autoencoder: Autoencoder, images: np.ndarray, batch_size: int = 5
             z = autoencoder.encode(x.to(parameter.device, parameter.dtype)).mode()
             out.append(tensor_to_images(autoencoder.decode(z)))
     return np.concatenate(out)
+
+
+def shape_kept(prompts: list[str], renders: np.ndarray, images: np.ndarray) -> dict[str, float]:
+    """Per "shape size" of the single-object renders: the share whose round trip is detected as
+    exactly one object of that shape (the size is the render's, named or not)."""
+    kept: dict[str, list[bool]] = {}
+    for prompt, render, image in zip(prompts, renders, images, strict=True):
+        spec = parse_caption(prompt)
+        if spec.kind != "single":
+            continue
+        shape = spec.objects[0].shape
+        (truth,) = detect(render).objects
+        objects = detect(image).objects
+        ok = len(objects) == 1 and objects[0].shape == shape
+        kept.setdefault(f"{shape} {truth.size}", []).append(ok)
+    return {key: round(sum(v) / len(v), 3) for key, v in sorted(kept.items())}
 
 
 def load_autoencoder(args: argparse.Namespace) -> Autoencoder:
@@ -102,7 +121,8 @@ def main() -> None:
         source = {"autoencoder": args.autoencoder} if args.autoencoder else {"model": args.model}
         if args.checkpoint is not None:
             source["checkpoint"] = args.checkpoint
-        print(json.dumps(source | {"images": name} | report.to_dict()))
+        shapes = {"shape_kept": shape_kept(prompts, renders, images)} if name != "renders" else {}
+        print(json.dumps(source | {"images": name} | report.to_dict() | shapes))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ with seed k, so these are the very images its scores judged) and sorts every mis
 "correct" is the share of prompts that pass every category they count in. A criterion that only
 some prompts name (size, background, position) is a share of the prompts that name it;
 `missed_by_phrase` gives, per position phrase and relation, the share misplaced among the
-prompts whose objects are drawn right. One JSON line per model.
+prompts whose objects are drawn right; `relations_reversed` the share of relation misses that
+put the objects the other way round (the rest are too close); `objects_drawn` how many objects
+two-object prompts got; `shapes_drawn` counts, per named shape, what the object of the named
+colour was drawn as (when exactly one object has that colour). One JSON line per model.
 
     python benchmarks/failures.py --model shapes --model /work/runs/unet/model
 """
@@ -19,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 
 from common import guidance_fields
 
 from latentdiff.cli.generate import add_guidance_options, guidance_interval
 from latentdiff.evaluation.adherence import generate_for_prompts
-from latentdiff.evaluation.detector import detect
-from latentdiff.evaluation.scoring import FAILURE_CRITERIA, failures
+from latentdiff.evaluation.detector import Detection, detect
+from latentdiff.evaluation.scoring import FAILURE_CRITERIA, failures, matches
 from latentdiff.evaluation.suite import evaluation_suite
 from latentdiff.pipelines.pipeline import load_pipeline
 from latentdiff.pipelines.request import GenerationRequest
@@ -68,6 +72,41 @@ def missed_by_phrase(specs: list[PromptSpec], missed: list[set[str]]) -> dict[st
     return {phrase: round(sum(m) / len(m), 3) for phrase, m in sorted(misses.items())}
 
 
+def drawn(specs: list[PromptSpec], detections: list[Detection]) -> dict:
+    """How two-object prompts are drawn: object counts, reversed relations, shapes drawn."""
+    counts: Counter[int] = Counter()
+    shapes: dict[str, Counter[str]] = {}
+    reversed_misses = []
+    for spec, detection in zip(specs, detections, strict=True):
+        if spec.kind == "two_object":
+            counts[len(detection.objects)] += 1
+            if failures(spec, detection) == {"relation"}:
+                reversed_misses.append(is_reversed(spec, detection))
+        if spec.kind == "counting":
+            continue
+        for named in spec.objects:
+            same_colour = [o for o in detection.objects if o.color == named.color]
+            if len(same_colour) == 1:
+                shapes.setdefault(named.shape, Counter())[same_colour[0].shape] += 1
+    share = sum(reversed_misses) / max(len(reversed_misses), 1)
+    return {
+        "objects_drawn": dict(sorted(counts.items())),
+        "relations_reversed": round(share, 3),
+        "shapes_drawn": {named: dict(c) for named, c in sorted(shapes.items())},
+    }
+
+
+def is_reversed(spec: PromptSpec, detection: Detection) -> bool:
+    """Whether the named objects stand in the opposite relation's direction (by centres)."""
+    first, second = (
+        next(o for o in detection.objects if matches(o, named)) for named in spec.objects
+    )
+    dx = second.center[0] - first.center[0]
+    dy = second.center[1] - first.center[1]
+    wanted = {"to the left of": dx, "to the right of": -dx, "above": dy, "below": -dy}
+    return wanted[spec.relation] < 0
+
+
 def measure(model: str, args: argparse.Namespace) -> dict:
     prompts = evaluation_suite()[: args.limit]
     pipeline = load_pipeline(model, device=args.device)
@@ -82,8 +121,14 @@ def measure(model: str, args: argparse.Namespace) -> dict:
     ).with_defaults(pipeline.sampling_defaults)  # so that the row names what was used
     images = generate_for_prompts(pipeline, prompts, request)
     specs = [parse_caption(p) for p in prompts]
-    missed = [failures(s, detect(i)) for s, i in zip(specs, images, strict=True)]
-    return {"model": model, **guidance_fields(request), **breakdown(specs, missed)}
+    detections = [detect(i) for i in images]
+    missed = [failures(s, d) for s, d in zip(specs, detections, strict=True)]
+    return {
+        "model": model,
+        **guidance_fields(request),
+        **breakdown(specs, missed),
+        **drawn(specs, detections),
+    }
 
 
 def main() -> None:

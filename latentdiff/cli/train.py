@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -92,12 +93,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="see --high-noise-share",
     )
     unet.add_argument(
+        "--scene-mix",
+        default=None,
+        metavar="KIND=W,...",
+        help="relative shares of the prompt kinds in the latent cache, e.g. "
+        "single=0.3,counting=0.2,two_object=0.5; kinds left out get none "
+        "(default: the world's mix, single=0.5,counting=0.2,two_object=0.3)",
+    )
+    unet.add_argument(
         "--init-from",
         metavar="MODEL",
         help="start a new run from this model folder's U-Net (and jointly trained text "
         "encoder) weights, e.g. to fine-tune with another objective; ignored when resuming",
     )
     unet.set_defaults(func=leaving_process_group(run_train_unet))
+
+
+def parse_scene_mix(text: str) -> dict[str, float]:
+    """`single=0.3,two_object=0.7` → {kind: share}, shares normalised to sum to 1."""
+    from latentdiff.world.scenes import KIND_WEIGHTS
+
+    mix = dict.fromkeys(KIND_WEIGHTS, 0.0)
+    for item in text.split(","):
+        kind, _, weight = item.partition("=")
+        kind = kind.strip()
+        if kind not in mix:
+            raise UsageError(
+                f"--scene-mix: unknown prompt kind {kind!r}; choose from {', '.join(KIND_WEIGHTS)}"
+            )
+        try:
+            mix[kind] = float(weight)
+        except ValueError:
+            raise UsageError(f"--scene-mix: {item!r} is not KIND=WEIGHT") from None
+        if not math.isfinite(mix[kind]) or mix[kind] < 0:
+            raise UsageError(f"--scene-mix: {kind}'s weight must be finite and ≥ 0")
+    total = sum(mix.values())
+    if total == 0:
+        raise UsageError("--scene-mix needs a positive weight")
+    return {kind: weight / total for kind, weight in mix.items()}
 
 
 def leaving_process_group(
@@ -314,6 +347,7 @@ def run_train_unet(args: argparse.Namespace) -> None:
         raise UsageError(f"--cond-drop must be a probability, got {args.cond_drop}")
     if not 0 <= args.high_noise_share <= 1:
         raise UsageError(f"--high-noise-share must be a probability, got {args.high_noise_share}")
+    scene_mix = parse_scene_mix(args.scene_mix) if args.scene_mix is not None else None
     model_config = with_objective(preset(args.preset), args)
     if not 0 <= args.high_noise_from < model_config.diffusion.num_train_timesteps:
         raise UsageError(
@@ -321,6 +355,11 @@ def run_train_unet(args: argparse.Namespace) -> None:
             f"{model_config.diffusion.num_train_timesteps - 1}, got {args.high_noise_from}"
         )
     init = read_init_model(args.init_from, model_config) if args.init_from else None
+    # A fine-tune keeps the latent normalisation its weights learned, even on another mix.
+    normalization = None
+    if init is not None:
+        init_ae = init.config.autoencoder
+        normalization = (tuple(init_ae.latents_mean), tuple(init_ae.latents_std))
     autoencoder = load_autoencoder_run(args.autoencoder)
     if autoencoder.config.latent_channels != model_config.unet.in_channels:
         raise UsageError(
@@ -337,6 +376,8 @@ def run_train_unet(args: argparse.Namespace) -> None:
         "size": model_config.sample_size,
         "seed": config.seed,
     }
+    if scene_mix is not None:  # runs on the world's mix keep their caches valid
+        provenance["scene_mix"] = scene_mix
     # Under torchrun, rank 0 alone writes the tokenizer and encodes the cache; the others wait.
     context, device = init_distributed(resolve_device(args.device))
     if context.is_main:
@@ -356,10 +397,16 @@ def run_train_unet(args: argparse.Namespace) -> None:
                 model_config.text_encoder.context_length,
                 provenance,
                 progress=not args.no_progress,
+                normalization=normalization,
             )
     barrier(context)
     tokenizer = Tokenizer.load(tokenizer_path)
     cache = LatentCache.load(cache_path, expected=provenance)
+    if normalization is not None and (cache.latents_mean, cache.latents_std) != normalization:
+        raise UsageError(
+            f"{cache_path} is normalised otherwise than --init-from {args.init_from}'s latents: "
+            "use a new --output-dir"
+        )
     model = LatentDiffusionModel(UNet(model_config.unet), text_encoder, train_text_encoder=joint)
     if init is not None:  # a resumed run's checkpoint replaces these in the Trainer
         load_init_unet(model.unet, init.states["unet"], args.init_from)
@@ -399,12 +446,20 @@ def run_train_unet(args: argparse.Namespace) -> None:
 
 
 def encode_latent_cache(
-    path: Path, tokenizer, autoencoder, context_length: int, provenance: dict, progress: bool
+    path: Path,
+    tokenizer,
+    autoencoder,
+    context_length: int,
+    provenance: dict,
+    progress: bool,
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> None:
-    """Render and encode a run's latent cache once into `path`, as `provenance` describes it."""
+    """Render and encode a run's latent cache once into `path`, as `provenance` describes it
+    (normalised by `normalization` if given, else by its own statistics)."""
     import time
 
     from latentdiff.training.unet import build_latent_cache
+    from latentdiff.world.scenes import KIND_WEIGHTS
 
     start = time.perf_counter()
     cache = build_latent_cache(
@@ -415,6 +470,8 @@ def encode_latent_cache(
         context_length=context_length,
         seed=provenance["seed"],
         progress=progress,
+        kind_weights=provenance.get("scene_mix", KIND_WEIGHTS),
+        normalization=normalization,
     )
     cache.save(path, provenance)
     seconds = time.perf_counter() - start

@@ -70,7 +70,9 @@ def score_image(spec: PromptSpec, detection: Detection) -> dict[str, bool]:
         results = _score_single(spec, detection)
     elif spec.kind == "counting":
         named, objects = spec.objects[0], detection.objects
-        results = {"counting": len(objects) == spec.count and all(_is(o, named) for o in objects)}
+        results = {
+            "counting": len(objects) == spec.count and all(matches(o, named) for o in objects)
+        }
     else:
         results = _score_two_objects(spec, detection.objects)
     if spec.held_out:
@@ -78,7 +80,8 @@ def score_image(spec: PromptSpec, detection: Detection) -> dict[str, bool]:
     return results
 
 
-def _is(obj: DetectedObject, named: ObjectSpec) -> bool:
+def matches(obj: DetectedObject, named: ObjectSpec) -> bool:
+    """Whether a detected object has the named colour and shape."""
     return obj.color == named.color and obj.shape == named.shape
 
 
@@ -86,13 +89,13 @@ def _score_single(spec: PromptSpec, detection: Detection) -> dict[str, bool]:
     named, objects = spec.objects[0], detection.objects
     results = {
         "single": len(objects) == 1
-        and _is(objects[0], named)
+        and matches(objects[0], named)
         and named.size in (None, objects[0].size)
         and spec.background in (None, detection.background)
     }
     if spec.position is not None:
         holds = POSITION_TESTS[spec.position]
-        results["position"] = any(_is(o, named) and holds(o.center) for o in objects)
+        results["position"] = any(matches(o, named) and holds(o.center) for o in objects)
     return results
 
 
@@ -154,7 +157,7 @@ def two_object_failures(spec: PromptSpec, detection: Detection) -> set[str]:
     failures = set() if len(objects) == 2 else {"count"}
     if Counter(named.shape for named in spec.objects) - Counter(o.shape for o in objects):
         failures.add("shape")
-    if any(not any(_is(o, named) for o in objects) for named in spec.objects):
+    if any(not any(matches(o, named) for o in objects) for named in spec.objects):
         failures.add("binding")
     elif spec.relation is not None and not _score_two_objects(spec, objects)["position"]:
         failures.add("relation")
@@ -168,12 +171,12 @@ def _score_two_objects(spec: PromptSpec, objects: tuple[DetectedObject, ...]) ->
     results = {
         "two_object": two_object,
         "color_binding": two_object
-        and any(_is(a, first) and _is(b, second) for a, b in permutations(objects)),
+        and any(matches(a, first) and matches(b, second) for a, b in permutations(objects)),
     }
     if spec.relation is not None:
         holds = RELATION_TESTS[spec.relation]
         results["position"] = any(
-            _is(a, first) and _is(b, second) and holds(a.center, b.center)
+            matches(a, first) and matches(b, second) and holds(a.center, b.center)
             for a, b in permutations(objects, 2)
         )
     return results

@@ -9,6 +9,7 @@ pretrained tower (as Stable Diffusion freezes CLIP): `LatentDiffusionModel.train
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -31,6 +32,7 @@ from latentdiff.training.checkpoint import load_weights, save_weights
 from latentdiff.training.losses import HIGH_NOISE_FROM, diffusion_loss
 from latentdiff.training.trainer import Trainer, derive_seed, shard_indices
 from latentdiff.world.render import render_batch
+from latentdiff.world.scenes import KIND_WEIGHTS
 
 _CACHE_DATA = 20  # seed-stream tag of the cached training scenes
 
@@ -164,25 +166,34 @@ def build_latent_cache(
     seed: int,
     batch_size: int = 256,
     progress: bool = True,
+    kind_weights: Mapping[str, float] = KIND_WEIGHTS,
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> LatentCache:
-    """Render `num_samples` training scenes, encode them once, and normalise each channel.
+    """Render `num_samples` training scenes (prompt kinds drawn by `kind_weights`), encode
+    them once, and normalise each channel.
 
     Each latent channel gets its own mean and std (diffusers' `latents_mean`/`latents_std`), so
     that diffusion sees zero-mean unit-variance channels: SD's single 0.18215 = 1/std works for
     its balanced channels, but the small autoencoder trained here has channel stds from 0.4
     to 5, and the narrow ones were drowned by the noise and sampled as texture.
+    `normalization` (mean, std) fixes them instead: a model fine-tuned on other scenes must
+    keep the latent space its weights learned, whatever this cache's own statistics.
     """
     device = next(autoencoder.parameters()).device
     latents, ids = [], []
     for start in tqdm(range(0, num_samples, batch_size), disable=not progress, desc="latents"):
         n = min(batch_size, num_samples - start)
-        images, scenes = render_batch(n, size, derive_seed(_CACHE_DATA, seed, start))
+        images, scenes = render_batch(
+            n, size, derive_seed(_CACHE_DATA, seed, start), kind_weights=kind_weights
+        )
         posterior = autoencoder.encode(images_to_tensor(images).to(device))
         latents.append(posterior.mode().cpu())
         ids.append(tokenizer.encode([s.caption for s in scenes], context_length))
     z = torch.cat(latents).float()
-    mean = tuple(z.mean(dim=(0, 2, 3)).tolist())
-    std = tuple(z.std(dim=(0, 2, 3)).tolist())
+    mean, std = normalization or (
+        tuple(z.mean(dim=(0, 2, 3)).tolist()),
+        tuple(z.std(dim=(0, 2, 3)).tolist()),
+    )
     cache = LatentCache(z, torch.cat(ids), mean, std)
     config = cache.autoencoder_config(autoencoder.config)
     return replace(cache, latents=to_diffusion_latents(z, config).half())

@@ -9,11 +9,13 @@ half of its bounding box and has a quarter of its area in the top half of the bo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from PIL import Image, ImageDraw
 
 from latentdiff.world import palette
-from latentdiff.world.scenes import BBox, Scene, SceneObject, sample_scenes
+from latentdiff.world.scenes import KIND_WEIGHTS, BBox, Scene, SceneObject, sample_scenes
 
 SUPERSAMPLE = 4
 
@@ -68,10 +70,16 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, scale: float) -> N
 
 
 def render_batch(
-    n: int, size: int, seed: int, include_held_out: bool = False
+    n: int,
+    size: int,
+    seed: int,
+    include_held_out: bool = False,
+    *,
+    kind_weights: Mapping[str, float] = KIND_WEIGHTS,
 ) -> tuple[np.ndarray, list[Scene]]:
-    """`n` fresh scenes from `seed` and their renderings, a (n, size, size, 3) uint8 array."""
-    scenes = sample_scenes(n, seed, include_held_out)
+    """`n` fresh scenes from `seed` (prompt kinds drawn by `kind_weights`) and their
+    renderings, a (n, size, size, 3) uint8 array."""
+    scenes = sample_scenes(n, seed, include_held_out, kind_weights=kind_weights)
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     for i, scene in enumerate(scenes):
         images[i] = render_scene_image(scene, size)

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -24,7 +24,7 @@ def maybe_pick(rng: np.random.Generator, p: float, choices: Sequence[T]) -> T | 
     return pick(rng, choices) if rng.random() < p else None
 
 
-def weighted_pick(rng: np.random.Generator, weights: dict[T, float]) -> T:
+def weighted_pick(rng: np.random.Generator, weights: Mapping[T, float]) -> T:
     """A key drawn with probability proportional to its weight."""
     u = rng.random() * sum(weights.values())
     for key, weight in weights.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -85,10 +86,15 @@ def allowed_pairs(include_held_out: bool) -> tuple[tuple[str, str], ...]:
     return tuple(p for p in pairs if include_held_out or p not in palette.HELD_OUT_PAIRS)
 
 
-def sample_spec(rng: np.random.Generator, include_held_out: bool = False) -> PromptSpec:
-    """Draw a canonical prompt: single (± size, position), counting, or two objects."""
+def sample_spec(
+    rng: np.random.Generator,
+    include_held_out: bool = False,
+    kind_weights: Mapping[str, float] = KIND_WEIGHTS,
+) -> PromptSpec:
+    """Draw a canonical prompt: single (± size, position), counting, or two objects, each
+    kind with probability proportional to its weight in `kind_weights`."""
     pairs = allowed_pairs(include_held_out)
-    kind = weighted_pick(rng, KIND_WEIGHTS)
+    kind = weighted_pick(rng, kind_weights)
     background = maybe_pick(rng, P_BACKGROUND, tuple(palette.BACKGROUND_COLORS))
     if kind == "single":
         color, shape = pick(rng, pairs)
@@ -230,6 +236,7 @@ def sample_scenes(
     include_held_out: bool = False,
     *,
     paraphrase_fraction: float = PARAPHRASE_FRACTION,
+    kind_weights: Mapping[str, float] = KIND_WEIGHTS,
 ) -> list[Scene]:
     """`n` scenes, deterministic from `seed`; a fraction carries a paraphrased `caption`.
 
@@ -239,7 +246,7 @@ def sample_scenes(
     rng = np.random.default_rng(seed)
     scenes = []
     for _ in range(n):
-        spec = sample_spec(rng, include_held_out)
+        spec = sample_spec(rng, include_held_out, kind_weights)
         scene = sample_scene(spec, rng)
         if rng.random() < paraphrase_fraction:
             scene = replace(scene, caption=paraphrase(spec, rng))

@@ -214,6 +214,10 @@ def broken_autoencoder(autoencoder_run: AutoencoderRun, tmp_path: Path) -> Path:
         (["autoencoder", "--cosine-from", "1"], "cosine_from needs the cosine schedule"),
         (["unet", "--autoencoder", "{good}", "--high-noise-share", "1.5"], "a probability"),
         (["unet", "--autoencoder", "{good}", "--high-noise-from", "1000"], "timestep of 0–999"),
+        (["unet", "--autoencoder", "{good}", "--scene-mix", "single=a"], "not KIND=WEIGHT"),
+        (["unet", "--autoencoder", "{good}", "--scene-mix", "pair=1"], "unknown prompt kind"),
+        (["unet", "--autoencoder", "{good}", "--scene-mix", "single=-1"], "finite and ≥ 0"),
+        (["unet", "--autoencoder", "{good}", "--scene-mix", "single=0"], "a positive weight"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(
@@ -373,6 +377,34 @@ def test_the_high_noise_range_defaults_to_the_losses_constant() -> None:
 
     args = build_parser().parse_args(["train", "unet", "--autoencoder", "a", "--output-dir", "o"])
     assert (args.high_noise_share, args.high_noise_from) == (0.0, HIGH_NOISE_FROM)
+
+
+def test_the_scene_mix_is_normalised_and_names_every_kind() -> None:
+    from latentdiff.cli.train import parse_scene_mix
+
+    mix = parse_scene_mix("two_object=3, single=1")
+    assert mix == {"single": 0.25, "counting": 0.0, "two_object": 0.75}
+
+
+def test_init_from_keeps_the_models_latent_normalisation_on_another_scene_mix(
+    autoencoder_run: AutoencoderRun, unet_run: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "mix_run"
+    args = [
+        "unet", *COMMON, "--autoencoder", str(autoencoder_run.folder), "--cache-size", "16",
+        "--steps", "1", "--init-from", str(unet_run / "model"), "--output-dir", str(folder),
+    ]  # fmt: skip
+    status, _ = train(*args, "--scene-mix", "two_object=1")
+    assert status == 0
+    cache = LatentCache.load(folder / "latents.safetensors")
+    init = json.loads((unet_run / "model" / "config.json").read_text())["autoencoder"]
+    assert list(cache.latents_mean) == init["latents_mean"]
+    assert list(cache.latents_std) == init["latents_std"]
+    tuned = json.loads((folder / "model" / "config.json").read_text())["autoencoder"]
+    assert tuned["latents_mean"] == init["latents_mean"]
+    # The same run folder with the world's mix is another cache: refused, not reused.
+    status, _ = train(*args)
+    assert status == 2
 
 
 def test_init_from_a_unet_without_the_presets_token_layout_starts_its_maps_at_zero(

@@ -11,12 +11,16 @@ from latentdiff.models.text_encoder import TextEncoder
 from latentdiff.models.tokenizer import BOS_ID, EOS_ID, Tokenizer
 from latentdiff.models.unet import UNet
 from latentdiff.training.checkpoint import save_weights
+from latentdiff.training.trainer import derive_seed
 from latentdiff.training.unet import (
+    _CACHE_DATA,
     DiffusionObjective,
     LatentCache,
     LatentDiffusionModel,
     build_latent_cache,
 )
+from latentdiff.world.captions import parse_caption
+from latentdiff.world.render import render_batch
 
 CONFIG = tiny_config()
 CONTEXT = CONFIG.text_encoder.context_length
@@ -82,6 +86,32 @@ def test_cache_normalises_each_latent_channel(tokenizer: Tokenizer) -> None:
     assert cache.input_ids.shape == (7, CONTEXT)
     assert (cache.input_ids[:, 0] == BOS_ID).all()
     assert ((cache.input_ids == EOS_ID).sum(dim=1) == 1).all()
+
+
+def test_cache_with_a_fixed_normalisation_keeps_it(tokenizer: Tokenizer) -> None:
+    stand_in = AffineStandIn()
+    fixed = ((1.0, 2.0, 3.0), (2.0, 4.0, 0.5))
+    cache = build_latent_cache(
+        stand_in, tokenizer, num_samples=5, size=16, context_length=CONTEXT, seed=0,
+        progress=False, normalization=fixed,
+    )  # fmt: skip
+    assert (cache.latents_mean, cache.latents_std) == fixed
+    mean, std = (torch.tensor(v)[:, None, None] for v in fixed)
+    expected = (torch.cat(stand_in.modes) - mean) / std
+    torch.testing.assert_close(cache.latents.float(), expected, atol=2e-3, rtol=1e-3)
+
+
+def test_cache_draws_prompt_kinds_by_the_scene_mix(tokenizer: Tokenizer) -> None:
+    two_objects = {"single": 0.0, "counting": 0.0, "two_object": 1.0}
+    cache = build_latent_cache(
+        AffineStandIn(), tokenizer, num_samples=6, size=16, context_length=CONTEXT, seed=3,
+        progress=False, kind_weights=two_objects,
+    )  # fmt: skip
+    _, scenes = render_batch(6, 16, derive_seed(_CACHE_DATA, 3, 0), kind_weights=two_objects)
+    assert {parse_caption(s.canonical_caption).kind for s in scenes} == {"two_object"}
+    torch.testing.assert_close(
+        cache.input_ids, tokenizer.encode([s.caption for s in scenes], CONTEXT)
+    )
 
 
 def test_cache_of_a_real_autoencoder_has_unit_std(tokenizer: Tokenizer) -> None:
