@@ -357,7 +357,7 @@ def run_train_unet(args: argparse.Namespace) -> None:
     init = read_init_model(args.init_from, model_config) if args.init_from else None
     # A fine-tune keeps the latent normalisation its weights learned, even on another mix.
     normalization = None
-    if init is not None:
+    if init is not None and init.config.autoencoder.latents_mean is not None:
         init_ae = init.config.autoencoder
         normalization = (tuple(init_ae.latents_mean), tuple(init_ae.latents_std))
     autoencoder = load_autoencoder_run(args.autoencoder)
