@@ -72,15 +72,16 @@ def missed_by_phrase(specs: list[PromptSpec], missed: list[set[str]]) -> dict[st
     return {phrase: round(sum(m) / len(m), 3) for phrase, m in sorted(misses.items())}
 
 
-def drawn(specs: list[PromptSpec], detections: list[Detection]) -> dict:
-    """How two-object prompts are drawn: object counts, reversed relations, shapes drawn."""
+def drawn(specs: list[PromptSpec], detections: list[Detection], missed: list[set[str]]) -> dict:
+    """How two-object prompts are drawn: object counts, reversed relations, shapes drawn
+    (`missed`: each prompt's `failures`, as `breakdown` takes them)."""
     counts: Counter[int] = Counter()
     shapes: dict[str, Counter[str]] = {}
     reversed_misses = []
-    for spec, detection in zip(specs, detections, strict=True):
+    for spec, detection, m in zip(specs, detections, missed, strict=True):
         if spec.kind == "two_object":
             counts[len(detection.objects)] += 1
-            if failures(spec, detection) == {"relation"}:
+            if m == {"relation"}:
                 reversed_misses.append(is_reversed(spec, detection))
         if spec.kind == "counting":
             continue
@@ -127,7 +128,7 @@ def measure(model: str, args: argparse.Namespace) -> dict:
         "model": model,
         **guidance_fields(request),
         **breakdown(specs, missed),
-        **drawn(specs, detections),
+        **drawn(specs, detections, missed),
     }
 
 
