@@ -9,6 +9,8 @@ snapshot sweep, against samples seen).
         --steps 5,10,20,40 --guidance 3,5,7 --limit 100 --out docs/adherence.jsonl
     python benchmarks/adherence_sweep.py --snapshots /work/runs/unet/snapshots --limit 100 \
         --out docs/learning_curve.jsonl --plot docs/learning_curve.png
+    python benchmarks/adherence_sweep.py --out docs/adherence_vs_steps.jsonl --plot-only \
+        --plot docs/adherence_vs_steps.png
 """
 
 from __future__ import annotations
@@ -50,7 +52,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", required=True, help="JSON-lines results (appended)")
     parser.add_argument("--plot", default=None, help="PNG of adherence against steps")
-    return parser.parse_args()
+    parser.add_argument(
+        "--plot-only", action="store_true", help="draw --plot from the rows already in --out"
+    )
+    args = parser.parse_args()
+    if args.plot_only and not args.plot:
+        parser.error("--plot-only needs --plot")
+    return args
 
 
 def models(args: argparse.Namespace) -> list[tuple[str, int | None]]:
@@ -63,6 +71,11 @@ def models(args: argparse.Namespace) -> list[tuple[str, int | None]]:
 
 def main() -> None:
     args = parse_args()
+    if args.plot_only:
+        rows = [json.loads(line) for line in Path(args.out).read_text().splitlines() if line]
+        # A snapshot sweep's rows all know their samples seen; plot those against them.
+        plot(Path(args.out), Path(args.plot), snapshots=all(r.get("samples_seen") for r in rows))
+        return
     prompts = evaluation_suite()[: args.limit]
     grid = list(
         itertools.product(
