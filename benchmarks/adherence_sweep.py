@@ -72,9 +72,7 @@ def models(args: argparse.Namespace) -> list[tuple[str, int | None]]:
 def main() -> None:
     args = parse_args()
     if args.plot_only:
-        rows = [json.loads(line) for line in Path(args.out).read_text().splitlines() if line]
-        # A snapshot sweep's rows all know their samples seen; plot those against them.
-        plot(Path(args.out), Path(args.plot), snapshots=all(r.get("samples_seen") for r in rows))
+        plot(Path(args.out), Path(args.plot))
         return
     prompts = evaluation_suite()[: args.limit]
     grid = list(
@@ -121,13 +119,17 @@ def main() -> None:
         plot(out, Path(args.plot), snapshots=args.snapshots is not None)
 
 
-def plot(results: Path, png: Path, *, snapshots: bool) -> None:
+def plot(results: Path, png: Path, *, snapshots: bool | None = None) -> None:
+    """Adherence against sampling steps, or against samples seen for a snapshot sweep; None
+    infers which from the rows (a snapshot sweep's rows all know their samples seen)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    if snapshots is None:
+        snapshots = all(row.get("samples_seen") for row in rows)
     x_key = "samples_seen" if snapshots else "steps"
     fig, ax = plt.subplots(figsize=(6, 4))
 
