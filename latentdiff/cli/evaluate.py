@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from latentdiff.cli.generate import (  # the same prompt lines and guidance options as `generate`
-    add_guidance_options,
-    guidance_interval,
+from latentdiff.cli.generate import (  # the same prompt lines and sampling flags as `generate`
+    add_sampling_options,
     read_prompts,
+    sampling_request,
 )
 from latentdiff.errors import UsageError
 from latentdiff.evaluation.detector import MIN_IMAGE_SIZE, RELIABLE_IMAGE_SIZE
@@ -71,13 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "prompt adherence; the figure the model card reports.",
     )
     model.add_argument("--model", default="shapes", help="bundled model name or model folder")
-    model.add_argument("--sampler", default="dpmpp_2m", help="sampler name")
-    model.add_argument("--schedule", default="default", help="default or karras")
-    model.add_argument("--steps", type=int, default=20, help="sampling steps")
-    add_guidance_options(model)
-    model.add_argument("--seed", type=int, default=0, help="image k uses seed+k")
-    model.add_argument("--width", type=int, default=None, help="pixels (default: the model's)")
-    model.add_argument("--height", type=int, default=None, help="pixels (default: the model's)")
+    add_sampling_options(model, seed=0, seed_help="image k uses seed+k")
     model.add_argument("--limit", type=int, default=None, help="score only the first N prompts")
     model.add_argument("--prompts", default=None, metavar="FILE", help="instead of the suite")
     model.add_argument("--batch-size", type=int, default=50, help="images per forward pass")
@@ -112,7 +106,6 @@ def run_model(args: argparse.Namespace) -> None:
     from latentdiff.diffusion.samplers import SAMPLERS
     from latentdiff.evaluation.adherence import evaluate_adherence
     from latentdiff.pipelines.pipeline import load_pipeline
-    from latentdiff.pipelines.request import GenerationRequest
 
     prompts = read_prompts(Path(args.prompts)) if args.prompts else evaluation_suite()
     if args.limit is not None:
@@ -122,18 +115,7 @@ def run_model(args: argparse.Namespace) -> None:
     warn_unparseable(prompts)  # before the model loads and generates for them
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-    request = GenerationRequest(
-        prompt=prompts[0],
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        guidance_rescale=args.guidance_rescale,
-        guidance_interval=guidance_interval(args),
-        sampler=args.sampler,
-        schedule=args.schedule,
-        seed=args.seed,
-        height=args.height,
-        width=args.width,
-    )
+    request = sampling_request(args, prompts[0])
     request.validate(1, tuple(SAMPLERS))
     pipeline = load_pipeline(args.model, device=args.device)
     sample_size = pipeline.components.config.sample_size

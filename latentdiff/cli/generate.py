@@ -25,18 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model", default="shapes", help="bundled model, model/diffusers folder or SD single file"
     )
-    parser.add_argument(
-        "--sampler", default="dpmpp_2m", help="ddpm, ddim, euler, euler_a, heun, dpmpp_2m"
-    )
-    parser.add_argument("--schedule", default="default", choices=SCHEDULES, help="sigma spacing")
-    parser.add_argument("--steps", type=int, default=20, help="sampling steps")
-    add_guidance_options(parser)
-    parser.add_argument(
-        "--seed", type=int, default=None, help="image k uses seed+k (default: random)"
-    )
+    add_sampling_options(parser, seed=None, seed_help="image k uses seed+k (default: random)")
     parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
-    parser.add_argument("--width", type=int, default=None, help="pixels (default: the model's)")
-    parser.add_argument("--height", type=int, default=None, help="pixels (default: the model's)")
     parser.add_argument("--output", default="out.png", help="output PNG (single prompt)")
     parser.add_argument("--prompts-file", default=None, help="one prompt per line → --outdir")
     parser.add_argument("--outdir", default=None, help="folder for 00000.png, 00001.png, …")
@@ -56,6 +46,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_load_options(parser)
     parser.set_defaults(func=run_generate)
+
+
+def add_sampling_options(
+    parser: argparse.ArgumentParser, *, seed: int | None, seed_help: str
+) -> None:
+    """The flags of a `GenerationRequest` (`sampling_request`), shared by `generate` and
+    `evaluate model`: sampler, σ spacing, steps, guidance, seed and size."""
+    parser.add_argument(
+        "--sampler", default="dpmpp_2m", help="ddpm, ddim, euler, euler_a, heun, dpmpp_2m"
+    )
+    parser.add_argument("--schedule", default="default", choices=SCHEDULES, help="sigma spacing")
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps")
+    add_guidance_options(parser)
+    parser.add_argument("--seed", type=int, default=seed, help=seed_help)
+    parser.add_argument("--width", type=int, default=None, help="pixels (default: the model's)")
+    parser.add_argument("--height", type=int, default=None, help="pixels (default: the model's)")
+
+
+def sampling_request(
+    args: argparse.Namespace, prompt: str | list[str], **fields
+) -> GenerationRequest:
+    """The request of `add_sampling_options`' flags for `prompt`, with `fields` besides."""
+    return GenerationRequest(
+        prompt=prompt,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        guidance_rescale=args.guidance_rescale,
+        guidance_interval=guidance_interval(args),
+        sampler=args.sampler,
+        schedule=args.schedule,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
+        **fields,
+    )
 
 
 def add_guidance_options(parser: argparse.ArgumentParser, *, scale: bool = True) -> None:
@@ -86,19 +111,8 @@ def guidance_interval(args: argparse.Namespace) -> tuple[float, float] | None:
 
 def run_generate(args: argparse.Namespace) -> None:
     prompts = plan_prompts(args)
-    request = GenerationRequest(
-        prompt=prompts,
-        negative_prompt=args.negative_prompt,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        guidance_rescale=args.guidance_rescale,
-        guidance_interval=guidance_interval(args),
-        sampler=args.sampler,
-        schedule=args.schedule,
-        seed=args.seed,
-        height=args.height,
-        width=args.width,
-        num_images=args.num_images,
+    request = sampling_request(
+        args, prompts, negative_prompt=args.negative_prompt, num_images=args.num_images
     )
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
