@@ -1,7 +1,7 @@
 """Why prompts fail: per prompt kind, the share of prompts missing each criterion, per model.
 
 Generates the evaluation suite's prompts exactly as `latentdiff evaluate model` does (image k
-with seed k, so these are the very images its scores judged) and sorts every miss by
+with seed `--seed` + k, so these are the very images its scores judged) and sorts every miss by
 `latentdiff.evaluation.scoring.failures`:
     single      count, color, shape, size, background, position
     counting    count, color, shape
@@ -26,13 +26,12 @@ from collections import Counter
 
 from common import guidance_fields
 
-from latentdiff.cli.generate import add_guidance_options, guidance_interval
+from latentdiff.cli.generate import add_sampling_options, sampling_request
 from latentdiff.evaluation.adherence import generate_for_prompts
 from latentdiff.evaluation.detector import Detection, detect
 from latentdiff.evaluation.scoring import FAILURE_CRITERIA, failures, matches
 from latentdiff.evaluation.suite import evaluation_suite
 from latentdiff.pipelines.pipeline import load_pipeline
-from latentdiff.pipelines.request import GenerationRequest
 from latentdiff.world.captions import parse_caption
 from latentdiff.world.spec import PromptSpec
 
@@ -111,15 +110,8 @@ def is_reversed(spec: PromptSpec, detection: Detection) -> bool:
 def measure(model: str, args: argparse.Namespace) -> dict:
     prompts = evaluation_suite()[: args.limit]
     pipeline = load_pipeline(model, device=args.device)
-    request = GenerationRequest(
-        prompt=prompts[0],
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        guidance_rescale=args.guidance_rescale,
-        guidance_interval=guidance_interval(args),
-        sampler=args.sampler,
-        seed=0,
-    ).with_defaults(pipeline.sampling_defaults)  # so that the row names what was used
+    # with_defaults: so that the row names the guidance used
+    request = sampling_request(args, prompts[0]).with_defaults(pipeline.sampling_defaults)
     images = generate_for_prompts(pipeline, prompts, request)
     specs = [parse_caption(p) for p in prompts]
     detections = [detect(i) for i in images]
@@ -135,9 +127,7 @@ def measure(model: str, args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", required=True, help="repeatable")
-    parser.add_argument("--sampler", default="dpmpp_2m")
-    parser.add_argument("--steps", type=int, default=20)
-    add_guidance_options(parser)
+    add_sampling_options(parser, seed=0, seed_help="image k uses seed+k")
     parser.add_argument("--limit", type=int, default=None, help="first N suite prompts")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
