@@ -350,8 +350,13 @@ class ImageEncoderConfig:
         _check(self.width % self.heads == 0, "width must be divisible by heads")
 
     @property
+    def grid_size(self) -> int:
+        """Patches per side."""
+        return self.image_size // self.patch_size
+
+    @property
     def num_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
+        return self.grid_size**2
 
 
 def _shapes_text_config() -> TextEncoderConfig:

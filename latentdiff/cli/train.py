@@ -20,7 +20,8 @@ from latentdiff.errors import UsageError
 if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command runs
     import torch
 
-    from latentdiff.config import DiffusionConfig
+    from latentdiff.config import DiffusionConfig, ModelConfig, UNetConfig
+    from latentdiff.models.clip import ImageEncoder
     from latentdiff.models.unet import UNet
 
 
@@ -105,6 +106,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="MODEL",
         help="start a new run from this model folder's U-Net (and jointly trained text "
         "encoder) weights, e.g. to fine-tune with another objective; ignored when resuming",
+    )
+    unet.add_argument(
+        "--repa-weight",
+        type=float,
+        default=0.0,
+        metavar="λ",
+        help="representation alignment (REPA, Yu et al. 2025): add λ·(1 − cos) between an MLP "
+        "of the U-Net's features and --repa-encoder's patch states of the clean render "
+        "(default 0: off; docs/MODEL.md)",
+    )
+    unet.add_argument(
+        "--repa-encoder",
+        default=None,
+        metavar="CLIP",
+        help="a `train clip` folder whose image tower gives the REPA targets (default: the "
+        "bundled CLIP)",
     )
     unet.set_defaults(func=leaving_process_group(run_train_unet))
 
@@ -367,6 +384,7 @@ def run_train_unet(args: argparse.Namespace) -> None:
             f"the {args.preset} U-Net takes {model_config.unet.in_channels}"
         )
     text_encoder, joint, clip_tokenizer = load_text_encoder(args.text_encoder, model_config)
+    alignment = read_alignment(args, model_config, autoencoder.config.downsample_factor)
     output = Path(args.output_dir)
     tokenizer_path = output / "tokenizer.json"
     cache_path = output / "latents.safetensors"
@@ -378,6 +396,8 @@ def run_train_unet(args: argparse.Namespace) -> None:
     }
     if scene_mix is not None:  # runs on the world's mix keep their caches valid
         provenance["scene_mix"] = scene_mix
+    if alignment is not None:
+        provenance["repa_encoder"] = str(alignment.folder)
     # Under torchrun, rank 0 alone writes the tokenizer and encodes the cache; the others wait.
     context, device = init_distributed(resolve_device(args.device))
     if context.is_main:
@@ -398,6 +418,7 @@ def run_train_unet(args: argparse.Namespace) -> None:
                 provenance,
                 progress=not args.no_progress,
                 normalization=normalization,
+                target_encoder=None if alignment is None else alignment.encoder.to(device),
             )
     barrier(context)
     tokenizer = Tokenizer.load(tokenizer_path)
@@ -407,7 +428,12 @@ def run_train_unet(args: argparse.Namespace) -> None:
             f"{cache_path} is normalised otherwise than --init-from {args.init_from}'s latents: "
             "use a new --output-dir"
         )
-    model = LatentDiffusionModel(UNet(model_config.unet), text_encoder, train_text_encoder=joint)
+    model = LatentDiffusionModel(
+        UNet(model_config.unet),
+        text_encoder,
+        train_text_encoder=joint,
+        **({} if alignment is None else alignment.model_arguments(model_config.unet)),
+    )
     if init is not None:  # a resumed run's checkpoint replaces these in the Trainer
         load_init_unet(model.unet, init.states["unet"], args.init_from)
         if joint:
@@ -420,6 +446,7 @@ def run_train_unet(args: argparse.Namespace) -> None:
         weighting=args.weighting or default_weighting(model_config.diffusion),
         high_noise_share=args.high_noise_share,
         high_noise_from=args.high_noise_from,
+        alignment_weight=args.repa_weight,
     )
     model_config = dataclasses.replace(
         model_config,
@@ -453,9 +480,11 @@ def encode_latent_cache(
     provenance: dict,
     progress: bool,
     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    target_encoder: ImageEncoder | None = None,
 ) -> None:
     """Render and encode a run's latent cache once into `path`, as `provenance` describes it
-    (normalised by `normalization` if given, else by its own statistics)."""
+    (normalised by `normalization` if given, else by its own statistics; with REPA targets
+    from `target_encoder`, an ImageEncoder)."""
     import time
 
     from latentdiff.training.unet import build_latent_cache
@@ -472,6 +501,7 @@ def encode_latent_cache(
         progress=progress,
         kind_weights=provenance.get("scene_mix", KIND_WEIGHTS),
         normalization=normalization,
+        target_encoder=target_encoder,
     )
     cache.save(path, provenance)
     seconds = time.perf_counter() - start
@@ -526,6 +556,51 @@ def load_init_unet(unet: UNet, state: dict[str, torch.Tensor], source: str) -> N
 
     fresh = {k: v for k, v in unet.state_dict().items() if k.startswith("token_layout.")}
     load_module_state(unet, {**fresh, **state}, source)
+
+
+@dataclasses.dataclass(frozen=True)
+class Alignment:
+    """What `--repa-weight` aligns to: the encoder (an ImageEncoder), its folder, and the
+    U-Net level whose features match its patch grid."""
+
+    encoder: ImageEncoder
+    folder: Path
+    level: int
+
+    def model_arguments(self, unet_config: UNetConfig) -> dict:
+        """LatentDiffusionModel's projector arguments."""
+        from latentdiff.training.alignment import Projector
+
+        channels = unet_config.block_channels[self.level]
+        projector = Projector(channels, self.encoder.config.width)
+        return {"alignment": projector, "alignment_level": self.level}
+
+
+def read_alignment(
+    args: argparse.Namespace, model_config: ModelConfig, downsample_factor: int
+) -> Alignment | None:
+    """The REPA setting of the flags, or None without --repa-weight; bad flags are one line."""
+    if not math.isfinite(args.repa_weight) or args.repa_weight < 0:
+        raise UsageError(f"--repa-weight must be a finite λ ≥ 0, got {args.repa_weight}")
+    if args.repa_weight == 0:
+        if args.repa_encoder is not None:
+            raise UsageError("--repa-encoder needs --repa-weight above 0")
+        return None
+    from latentdiff.checkpoints.bundle import ASSETS
+    from latentdiff.training.alignment import alignment_level
+    from latentdiff.training.clip import load_clip
+
+    folder = Path(args.repa_encoder) if args.repa_encoder else ASSETS / "clip"
+    encoder = load_clip(folder)[0].image_encoder
+    size = model_config.sample_size
+    if encoder.config.image_size != size:
+        raise UsageError(
+            f"{folder}'s image tower takes {encoder.config.image_size}² images; the "
+            f"{args.preset} model's renders are {size}²"
+        )
+    grid = encoder.config.grid_size
+    level = alignment_level(model_config.unet, size // downsample_factor, grid)
+    return Alignment(encoder, folder.resolve(), level)
 
 
 def load_text_encoder(choice: str, model_config):

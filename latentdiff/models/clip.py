@@ -51,6 +51,16 @@ class ImageEncoder(nn.Module):
             block.initialize_weights(config.layers)
 
     def forward(self, images: Tensor) -> Tensor:
+        return self.ln_post(self._states(images)[:, 0])
+
+    def patch_states(self, images: Tensor) -> Tensor:
+        """Every patch token's final state, through `ln_post` as the class token's is:
+        (B, N, D), patches in row-major order. These are the targets of representation
+        alignment (`latentdiff.training.alignment`)."""
+        return self.ln_post(self._states(images)[:, 1:])
+
+    def _states(self, images: Tensor) -> Tensor:
+        """The final states of the class token and the patches, (B, 1 + N, D)."""
         size = self.config.image_size
         if images.shape[-2:] != (size, size):
             raise ValueError(f"the image tower takes {size}×{size} images, got {images.shape}")
@@ -59,7 +69,7 @@ class ImageEncoder(nn.Module):
         x = self.ln_pre(torch.cat([cls, x], dim=1) + self.position_embedding)
         for block in self.blocks:
             x = block(x)
-        return self.ln_post(x[:, 0])
+        return x
 
 
 class CLIP(nn.Module):

@@ -15,9 +15,19 @@ import torch
 from PIL import Image
 
 from latentdiff.cli import main
-from latentdiff.config import AutoencoderConfig, from_dict, tiny_config
+from latentdiff.config import (
+    AutoencoderConfig,
+    CLIPConfig,
+    ImageEncoderConfig,
+    TextEncoderConfig,
+    from_dict,
+    tiny_config,
+)
+from latentdiff.models.clip import CLIP
+from latentdiff.models.tokenizer import build_world_tokenizer
 from latentdiff.pipelines.pipeline import load_pipeline
 from latentdiff.training.checkpoint import load_weights
+from latentdiff.training.clip import save_clip
 from latentdiff.training.unet import LatentCache
 
 COMMON = ["--preset", "tiny", "--batch-size", "4", "--checkpoint-every", "2", "--no-progress"]
@@ -218,6 +228,17 @@ def broken_autoencoder(autoencoder_run: AutoencoderRun, tmp_path: Path) -> Path:
         (["unet", "--autoencoder", "{good}", "--scene-mix", "pair=1"], "unknown prompt kind"),
         (["unet", "--autoencoder", "{good}", "--scene-mix", "single=-1"], "finite and ≥ 0"),
         (["unet", "--autoencoder", "{good}", "--scene-mix", "single=0"], "a positive weight"),
+        (["unet", "--autoencoder", "{good}", "--repa-weight", "-1"], "a finite λ ≥ 0"),
+        (["unet", "--autoencoder", "{good}", "--repa-weight", "nan"], "a finite λ ≥ 0"),
+        (["unet", "--autoencoder", "{good}", "--repa-encoder", "{tmp}"], "needs --repa-weight"),
+        (
+            ["unet", "--autoencoder", "{good}", "--repa-weight", "1", "--repa-encoder", "{tmp}"],
+            "cannot read CLIP config",
+        ),
+        (  # the bundled CLIP sees 64² renders; the tiny model's are 16²
+            ["unet", "--autoencoder", "{good}", "--repa-weight", "1"],
+            "image tower takes 64² images; the tiny model's renders are 16²",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2(
@@ -458,4 +479,38 @@ def test_resume_refuses_a_cache_built_from_other_flags(
         "--cache-size", "33", "--steps", "3", "--batch-size", "4",
     ])  # fmt: skip
     assert status == 2
+    assert "was built from" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `train clip` folder whose 16×16 ViT has 4×4 patches: the tiny U-Net's level 1."""
+    folder = tmp_path_factory.mktemp("clip")
+    text = TextEncoderConfig(vocab_size=80, context_length=24, width=16, layers=1, heads=2)
+    image = ImageEncoderConfig(image_size=16, patch_size=4, width=8, layers=1, heads=2)
+    torch.manual_seed(0)
+    save_clip(folder, CLIP(CLIPConfig(text, image, embed_dim=8)), build_world_tokenizer())
+    return folder
+
+
+def test_train_unet_with_repa_caches_targets_and_exports_only_the_model(
+    autoencoder_run: AutoencoderRun, tiny_clip_dir: Path, tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "run"
+    args = ["unet", *COMMON, "--autoencoder", str(autoencoder_run.folder), "--cache-size", "8"]
+    args += ["--output-dir", str(run), "--repa-weight", "0.5"]
+    status, _ = train(*args, "--repa-encoder", str(tiny_clip_dir), "--steps", "2")
+    assert status == 0
+    cache = LatentCache.load(run / "latents.safetensors")
+    assert cache.targets.shape == (8, 16, 8)  # 4×4 patches of 8-wide states
+    _, metadata = load_weights(run / "latents.safetensors")
+    assert json.loads(metadata["provenance"])["repa_encoder"] == str(tiny_clip_dir.resolve())
+    checkpoint, _ = load_weights(run / "checkpoints" / "step_000002" / "model.safetensors")
+    assert any(key.startswith("alignment.mlp.") for key in checkpoint)
+    bundle, _ = load_weights(run / "model" / "model.safetensors")
+    assert not any(key.startswith("alignment.") for key in bundle)
+    (image,) = load_pipeline(run / "model", device="cpu")("a red circle", num_inference_steps=2)
+    assert image.size == (16, 16)
+    # Resuming without alignment would train on a cache built for it: refused.
+    assert main(["train", *args[:-2], "--steps", "3"]) == 2
     assert "was built from" in capsys.readouterr().err

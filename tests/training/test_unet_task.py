@@ -1,15 +1,19 @@
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from latentdiff.config import AutoencoderConfig, tiny_config
+from latentdiff.config import AutoencoderConfig, ImageEncoderConfig, tiny_config
 from latentdiff.errors import UsageError
 from latentdiff.models.autoencoder import Autoencoder, DiagonalGaussian
+from latentdiff.models.clip import ImageEncoder
 from latentdiff.models.text_encoder import TextEncoder
 from latentdiff.models.tokenizer import BOS_ID, EOS_ID, Tokenizer
 from latentdiff.models.unet import UNet
+from latentdiff.pipelines.common import images_to_tensor
+from latentdiff.training.alignment import Projector, alignment_loss, patch_targets
 from latentdiff.training.checkpoint import save_weights
 from latentdiff.training.trainer import derive_seed
 from latentdiff.training.unet import (
@@ -246,3 +250,89 @@ def test_text_encoder_is_trained_only_when_asked(train_text_encoder: bool) -> No
         assert all(g is None for g in text_grads)
         assert not any(p.requires_grad for p in model.text_encoder.parameters())
     assert model.unet.conv_out.weight.grad.abs().sum() > 0
+
+
+# ── Representation alignment (REPA) ──────────────────────────────────────────────────────
+
+
+def aligned_model() -> LatentDiffusionModel:
+    model = joint_model(train_text_encoder=True)
+    # tiny: level 1 of 4×4 latents is 2×2, 32 channels, aligned to 8-wide patch states.
+    return LatentDiffusionModel(
+        model.unet,
+        model.text_encoder,
+        train_text_encoder=True,
+        alignment=Projector(CONFIG.unet.block_channels[1], 8, hidden=16),
+        alignment_level=1,
+    )
+
+
+def test_an_aligning_model_returns_the_projection_of_its_level_features() -> None:
+    model = aligned_model()
+    x, t, ids = torch.randn(2, 4, 4, 4), torch.tensor([3.0, 700.0]), caption_ids(2)
+    features = []
+    model.unet.down[1].blocks[-1].register_forward_hook(lambda _m, _i, o: features.append(o))
+    prediction, projected = model(x, t, ids)
+    torch.testing.assert_close(prediction, joint_model(True)(x, t, ids))
+    (level_features,) = features  # the down path's, not the up path's, at level 1
+    assert level_features.shape == (2, CONFIG.unet.block_channels[1], 2, 2)
+    assert projected.shape == (2, 4, 8)
+    torch.testing.assert_close(projected, model.alignment(level_features))
+    # An EMA-style deepcopy hooks into its own U-Net, not the original's.
+    copy = deepcopy(model)
+    _, copied = copy(x, t, ids)
+    torch.testing.assert_close(copied, projected)
+    assert model._features == [] and copy._features == []
+
+
+def test_the_aligned_objective_adds_lambda_times_the_alignment_loss() -> None:
+    model = aligned_model()
+    latents = torch.randn(3, 4, 4, 4, generator=torch.Generator().manual_seed(2))
+    ids, targets = caption_ids(3), torch.randn(3, 4, 8)
+    plain = DiffusionObjective(CONFIG.diffusion, EMPTY_IDS, 0.0, weighting="none")
+    aligned = DiffusionObjective(
+        CONFIG.diffusion, EMPTY_IDS, 0.0, weighting="none", alignment_weight=0.5
+    )
+    loss = aligned(model, (latents, ids, targets), torch.Generator().manual_seed(0))
+    projections = []
+    unaligned = LatentDiffusionModel(model.unet, model.text_encoder, train_text_encoder=True)
+
+    def spy(x_t, t, input_ids):  # the same noise and timesteps as the aligned call
+        prediction, projected = model(x_t, t, input_ids)
+        projections.append(projected)
+        return prediction
+
+    expected_diffusion = plain(spy, (latents, ids), torch.Generator().manual_seed(0))
+    expected = expected_diffusion + 0.5 * alignment_loss(projections[0], targets)
+    torch.testing.assert_close(loss, expected)
+    assert loss > expected_diffusion
+    torch.testing.assert_close(
+        plain(unaligned, (latents, ids), torch.Generator().manual_seed(0)), expected_diffusion
+    )
+    loss.backward()
+    assert model.alignment.mlp[0].weight.grad.abs().sum() > 0
+    # The alignment term reaches the U-Net's path up to the aligned level.
+    assert model.unet.down[0].blocks[0].resnet.conv1.weight.grad.abs().sum() > 0
+
+
+def test_a_cache_with_an_encoder_keeps_the_patch_states_of_its_renders(
+    tokenizer: Tokenizer, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    encoder = ImageEncoder(ImageEncoderConfig(image_size=16, patch_size=4, width=8, heads=2))
+    cache = build_latent_cache(
+        AffineStandIn(), tokenizer, num_samples=5, size=16, context_length=CONTEXT, seed=1,
+        batch_size=3, progress=False, target_encoder=encoder,
+    )  # fmt: skip
+    images, _ = render_batch(3, 16, derive_seed(_CACHE_DATA, 1, 0))
+    assert cache.targets.shape == (5, 16, 8) and cache.targets.dtype == torch.float16
+    torch.testing.assert_close(cache.targets[:3], patch_targets(encoder, images_to_tensor(images)))
+    cache.save(tmp_path / "latents.safetensors")
+    loaded = LatentCache.load(tmp_path / "latents.safetensors")
+    assert torch.equal(loaded.targets, cache.targets)
+    latents, ids, targets = loaded.batches(2, seed=0)(0, 0, 1)
+    indices = [i for i in range(5) if torch.equal(loaded.input_ids[i], ids[0])]
+    assert any(torch.equal(loaded.targets[i], targets[0]) for i in indices)
+    assert len(loaded.batches(2, seed=0)(0, 0, 1)) == 3
+    plain = LatentCache(cache.latents, cache.input_ids, cache.latents_mean, cache.latents_std)
+    assert len(plain.batches(2, seed=0)(0, 0, 1)) == 2
