@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command run
     from latentdiff.config import DiffusionConfig, ModelConfig, UNetConfig
     from latentdiff.models.clip import ImageEncoder
     from latentdiff.models.unet import UNet
+    from latentdiff.training.alignment import Projector
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -432,7 +433,7 @@ def run_train_unet(args: argparse.Namespace) -> None:
         UNet(model_config.unet),
         text_encoder,
         train_text_encoder=joint,
-        **({} if alignment is None else alignment.model_arguments(model_config.unet)),
+        alignment=None if alignment is None else alignment.projector(model_config.unet),
     )
     if init is not None:  # a resumed run's checkpoint replaces these in the Trainer
         load_init_unet(model.unet, init.states["unet"], args.init_from)
@@ -567,13 +568,12 @@ class Alignment:
     folder: Path
     level: int
 
-    def model_arguments(self, unet_config: UNetConfig) -> dict:
-        """LatentDiffusionModel's projector arguments."""
+    def projector(self, unet_config: UNetConfig) -> Projector:
+        """A fresh h_φ from the U-Net's features at `level` to the encoder's patch states."""
         from latentdiff.training.alignment import Projector
 
         channels = unet_config.block_channels[self.level]
-        projector = Projector(channels, self.encoder.config.width)
-        return {"alignment": projector, "alignment_level": self.level}
+        return Projector(self.level, channels, self.encoder.config.width)
 
 
 def read_alignment(

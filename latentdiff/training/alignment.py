@@ -31,10 +31,14 @@ PROJECTOR_WIDTH = 512
 
 
 class Projector(nn.Module):
-    """h_φ: a 3-layer MLP with SiLU, applied to each feature-map position."""
+    """h_φ: a 3-layer MLP with SiLU, applied to each position of the U-Net's down-path features
+    at `level` (its last block's output, `channels` wide)."""
 
-    def __init__(self, channels: int, target_width: int, hidden: int = PROJECTOR_WIDTH) -> None:
+    def __init__(
+        self, level: int, channels: int, target_width: int, hidden: int = PROJECTOR_WIDTH
+    ) -> None:
         super().__init__()
+        self.level = level
         self.mlp = nn.Sequential(
             nn.Linear(channels, hidden),
             nn.SiLU(),

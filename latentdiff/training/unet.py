@@ -50,7 +50,6 @@ class LatentDiffusionModel(nn.Module):
         *,
         train_text_encoder: bool,
         alignment: Projector | None = None,
-        alignment_level: int = 1,
     ):
         super().__init__()
         self.unet = unet.to(memory_format=torch.channels_last)
@@ -62,7 +61,7 @@ class LatentDiffusionModel(nn.Module):
         if alignment is not None:
             # A hook keeps the U-Net's forward free of a training-only output. A bound
             # method, so that a deepcopy (the EMA's) hooks into its own copy.
-            unet.down[alignment_level].blocks[-1].register_forward_hook(self._keep_features)
+            unet.down[alignment.level].blocks[-1].register_forward_hook(self._keep_features)
 
     def _keep_features(self, _module: nn.Module, _inputs: tuple, output: Tensor) -> None:
         self._features.append(output)

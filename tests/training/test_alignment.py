@@ -14,7 +14,7 @@ from latentdiff.training.alignment import (
 
 def test_the_projector_maps_each_position_in_row_major_order() -> None:
     torch.manual_seed(0)
-    projector = Projector(6, 5, hidden=7)
+    projector = Projector(0, 6, 5, hidden=7)
     features = torch.randn(2, 6, 3, 4)
     tokens = projector(features)
     assert tokens.shape == (2, 12, 5)

@@ -262,8 +262,7 @@ def aligned_model() -> LatentDiffusionModel:
         model.unet,
         model.text_encoder,
         train_text_encoder=True,
-        alignment=Projector(CONFIG.unet.block_channels[1], 8, hidden=16),
-        alignment_level=1,
+        alignment=Projector(1, CONFIG.unet.block_channels[1], 8, hidden=16),
     )
 
 
