@@ -237,8 +237,8 @@ def build_latent_cache(
         images, scenes = render_batch(
             n, size, derive_seed(_CACHE_DATA, seed, start), kind_weights=kind_weights
         )
-        pixels = images_to_tensor(images)
-        latents.append(autoencoder.encode(pixels.to(device)).mode().cpu())
+        pixels = images_to_tensor(images).to(device)  # once, for the autoencoder and the tower
+        latents.append(autoencoder.encode(pixels).mode().cpu())
         ids.append(tokenizer.encode([s.caption for s in scenes], context_length))
         if target_encoder is not None:
             targets.append(patch_targets(target_encoder, pixels))
