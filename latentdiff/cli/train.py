@@ -572,8 +572,7 @@ class Alignment:
         """A fresh h_φ from the U-Net's features at `level` to the encoder's patch states."""
         from latentdiff.training.alignment import Projector
 
-        channels = unet_config.block_channels[self.level]
-        return Projector(self.level, channels, self.encoder.config.width)
+        return Projector.for_unet(unet_config, self.level, self.encoder.config.width)
 
 
 def read_alignment(

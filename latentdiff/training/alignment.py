@@ -47,6 +47,11 @@ class Projector(nn.Module):
             nn.Linear(hidden, target_width),
         )
 
+    @classmethod
+    def for_unet(cls, config: UNetConfig, level: int, target_width: int) -> Projector:
+        """A fresh h_φ from `config`'s down-path features at `level` to `target_width`."""
+        return cls(level, config.block_channels[level], target_width)
+
     def forward(self, features: Tensor) -> Tensor:
         """features (B, C, h, w) → (B, h·w, target_width), positions in row-major order."""
         return self.mlp(features.flatten(2).transpose(1, 2))

@@ -23,6 +23,14 @@ def test_the_projector_maps_each_position_in_row_major_order() -> None:
             torch.testing.assert_close(tokens[:, 4 * i + j], projector.mlp(features[:, :, i, j]))
 
 
+def test_a_projector_for_a_unet_reads_the_channels_of_its_level() -> None:
+    unet = shapes_config().unet
+    projector = Projector.for_unet(unet, 1, 48)
+    assert projector.level == 1
+    assert projector.mlp[0].in_features == unet.block_channels[1]
+    assert projector.mlp[-1].out_features == 48
+
+
 def test_alignment_loss_is_one_minus_the_mean_cosine() -> None:
     targets = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # (1, 2, 2)
     assert alignment_loss(3 * targets, targets).item() == pytest.approx(0.0, abs=1e-6)
