@@ -49,7 +49,7 @@ def test_shapes_is_shapes_v2_with_a_token_layout_bias_and_its_own_guidance():
     side = shapes.sample_size // shapes.autoencoder.downsample_factor
     assert (shapes.unet.token_layout_size, v2.unet.token_layout_size) == (side, None)
     # Each model's sampling defaults are the ones measured best on its weights.
-    assert (shapes.sampling.guidance_scale, v2.sampling.guidance_scale) == (3.0, 2.0)
+    assert (shapes.sampling.guidance_scale, v2.sampling.guidance_scale) == (5.0, 2.0)
     assert dataclasses.replace(shapes, unet=v2.unet, sampling=v2.sampling) == v2
 
 
