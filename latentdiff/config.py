@@ -395,8 +395,9 @@ def shapes_config() -> ModelConfig:
         # A learnt spatial prior per token on the cross-attention logits: without it the model
         # does not learn "on the left" and the like (docs/MODEL.md).
         unet=replace(base.unet, token_layout_size=16),
-        # Measured best on the v6 weights (docs/MODEL.md): guidance 5, 0.026 above 3 over three
-        # seed sets (v4 and v5 peaked at 3); still none in the last three of 20 steps (σ ≤ 0.6).
+        # Measured on the v6 weights (docs/MODEL.md): guidance 5 and 6 tie at the top over three
+        # seed sets, 0.03 above 3 (where v4 and v5 peaked); 5 draws single objects better. Still
+        # none in the last three of 20 steps (σ ≤ 0.6).
         sampling=SamplingConfig(guidance_scale=5.0, guidance_interval=(0.6, None)),
     )
 
