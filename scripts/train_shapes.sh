@@ -3,8 +3,9 @@
 # bundled CLIP. Every stage resumes from its run folder, so re-running this script after an
 # interruption continues where it stopped. The previous bundle's lineage (v2 → v5, seven
 # cycles) is scripts/train_shapes_v5.sh; the first model's is scripts/train_shapes_v1.sh.
-# Budget: ~8 h of this machine: the autoencoder (~0.4 h), CLIP (~0.2 h), the latent cache
-# (13 min) and 26,000 U-Net steps × 64 at ~65 samples/s (~7.1 h).
+# Budget, measured: the autoencoder (41 min) and CLIP (38 min) on the old 2-core AVX2 machine,
+# the latent cache (13 min) and 26,000 U-Net steps × 64 at 65 samples/s (7.1 h) on the 2-core
+# AVX-512 one.
 # Usage: scripts/train_shapes.sh [RUNS_DIR]   (default /work/runs/v6, outside the work tree)
 set -euo pipefail
 runs="${1:-/work/runs/v6}"
