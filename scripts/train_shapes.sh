@@ -8,21 +8,17 @@
 # AVX-512 one.
 # Usage: scripts/train_shapes.sh [RUNS_DIR]   (default /work/runs/v6, outside the work tree)
 set -euo pipefail
+source "$(dirname "$0")/shapes_stages.sh"
 runs="${1:-/work/runs/v6}"
 mkdir -p "$runs"
 
-# Autoencoder: 32/64/128 channels, colour edges weighted 21× in the loss. 2,000 steps × 16
-# fresh renders. (The bundled U-Net was trained on this run's weights as bundled since v2,
-# i.e. rounded to fp16 and back.)
-latentdiff train autoencoder --output-dir "$runs/ae" --batch-size 16 --lr 1e-3 --warmup 100 \
-  --lr-schedule cosine --steps 2000 --ema-decay 0.999 --edge-weight 20 --checkpoint-every 250 \
-  --no-progress
+# Autoencoder (scripts/shapes_stages.sh). The bundled U-Net was trained on this run's weights
+# as bundled since v2, i.e. rounded to fp16 and back.
+train_shapes_autoencoder "$runs"
 
-# CLIP (text tower + ViT, contrastive on fresh renders): the CLIP-score model, and the encoder
-# whose 8×8 patch states the U-Net's features are aligned to (REPA). 800 steps × 256. (The
-# bundled U-Net was aligned to this run's weights as bundled, i.e. in fp16.)
-latentdiff train clip --output-dir "$runs/clip" --steps 800 --batch-size 256 --lr 5e-4 \
-  --warmup 50 --lr-schedule cosine --checkpoint-every 100 --no-progress
+# CLIP (scripts/shapes_stages.sh). The bundled U-Net was aligned to this run's weights as
+# bundled, i.e. in fp16.
+train_shapes_clip "$runs"
 
 # U-Net from scratch with the whole recipe the v1 → v5 cycles found — the token layout bias
 # (preset shapes), a 60,000-scene cache in v5's mix, v-prediction at zero terminal SNR with a

@@ -7,14 +7,12 @@
 # v5's config.json said guidance 3, its measured best.
 # Usage: scripts/train_shapes_v5.sh [RUNS_DIR]   (default /work/runs/v2, outside the work tree)
 set -euo pipefail
+source "$(dirname "$0")/shapes_stages.sh"
 runs="${1:-/work/runs/v2}"
 mkdir -p "$runs"
 
-# Autoencoder: 32/64/128 channels, with colour edges weighted 21× in the loss from the start
-# (the first model needed a decoder fine-tune for that). 2,000 steps × 16 fresh renders.
-latentdiff train autoencoder --output-dir "$runs/ae" --batch-size 16 --lr 1e-3 --warmup 100 \
-  --lr-schedule cosine --steps 2000 --ema-decay 0.999 --edge-weight 20 --checkpoint-every 250 \
-  --no-progress
+# Autoencoder (scripts/shapes_stages.sh).
+train_shapes_autoencoder "$runs"
 
 # U-Net: v-prediction on the zero-terminal-SNR schedule (the preset's objective) with a plain v
 # loss, on a cache of 60,000 scenes; 3e-4 held from the warm-up's end to step 8,250, then a
@@ -75,10 +73,9 @@ latentdiff train unet --autoencoder "$runs/ae" --output-dir "$runs/unet_count" \
   --ema-decay 0.998 --steps 1600 --lr-schedule cosine --cosine-from 400 \
   --checkpoint-every 200 --no-progress
 
-# CLIP (text tower + ViT, contrastive on fresh renders): the CLIP-score model, unchanged since
-# the first model (whose run, /work/runs/clip, it comes from). 800 steps × 256, cosine from 5e-4.
-latentdiff train clip --output-dir "$runs/clip" --steps 800 --batch-size 256 --lr 5e-4 \
-  --warmup 50 --lr-schedule cosine --checkpoint-every 100 --no-progress
+# CLIP (scripts/shapes_stages.sh), unchanged since the first model (whose run,
+# /work/runs/clip, it comes from).
+train_shapes_clip "$runs"
 
 # v5 was the U-Net run's model folder "$runs/unet_count/model" (EMA weights, fp16, with its
 # autoencoder and tokenizer); the bundled CLIP is "$runs/clip"'s files.
