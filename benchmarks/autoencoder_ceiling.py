@@ -10,6 +10,12 @@ object of their shape (squares lose their corners first).
     python benchmarks/autoencoder_ceiling.py --model shapes
     python benchmarks/autoencoder_ceiling.py --autoencoder RUN   # a `train autoencoder` run
     python benchmarks/autoencoder_ceiling.py --autoencoder RUN --checkpoint 1000 --preset shapes
+
+`--sigmas 0.1,0.3,1` adds, per σ, the same renders after one step of the model's U-Net: encode,
+add noise of level σ, denoise once with the prompt (its conditional prediction, unguided),
+decode. What these rows lose beyond the round trip is the U-Net's, at that noise level.
+
+    python benchmarks/autoencoder_ceiling.py --model shapes --sigmas 0.05,0.1,0.3,1
 """
 
 from __future__ import annotations
@@ -24,12 +30,19 @@ import torch
 from latentdiff.checkpoints.bundle import load_autoencoder_run
 from latentdiff.config import PRESETS
 from latentdiff.devices import resolve_device
+from latentdiff.diffusion.denoisers import Denoiser
 from latentdiff.evaluation.detector import detect
 from latentdiff.evaluation.scoring import score
 from latentdiff.evaluation.suite import evaluation_suite
 from latentdiff.models.autoencoder import Autoencoder
-from latentdiff.pipelines.common import images_to_tensor, tensor_to_images
-from latentdiff.pipelines.pipeline import load_pipeline
+from latentdiff.pipelines.common import (
+    decode_latents,
+    encode_images,
+    encode_prompt,
+    images_to_tensor,
+    tensor_to_images,
+)
+from latentdiff.pipelines.pipeline import Pipeline, load_pipeline
 from latentdiff.training.checkpoint import (
     EMA_FILE,
     MODEL_FILE,
@@ -59,6 +72,33 @@ def round_trip(autoencoder: Autoencoder, images: np.ndarray, batch_size: int = 5
             z = autoencoder.encode(x.to(parameter.device, parameter.dtype)).mode()
             out.append(tensor_to_images(autoencoder.decode(z)))
     return np.concatenate(out)
+
+
+def one_step(
+    pipeline: Pipeline,
+    prompts: list[str],
+    images: np.ndarray,
+    sigma: float,
+    seed: int,
+    batch_size: int = 50,
+) -> np.ndarray:
+    """Images after encode → + σ·ε → one conditional denoising step → decode, 8-bit."""
+    components = pipeline.components
+    device = next(components.unet.parameters()).device
+    denoiser = Denoiser(components.unet, components.config.diffusion)
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = prompts[start : start + batch_size]
+        with torch.no_grad():
+            z = encode_images(
+                components, images_to_tensor(images[start : start + batch_size]).to(device)
+            )
+            noise = torch.randn(z.shape, generator=generator).to(device)
+            sigmas = torch.full((len(z),), sigma, device=device)
+            denoised = denoiser(z + sigma * noise, sigmas, encode_prompt(components, batch))
+        out.extend(np.asarray(image) for image in decode_latents(components, denoised))
+    return np.stack(out)
 
 
 def shape_kept(prompts: list[str], renders: np.ndarray, images: np.ndarray) -> dict[str, float]:
@@ -106,16 +146,26 @@ def main() -> None:
                         help="with --checkpoint: the run's architecture")  # fmt: skip
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sigmas", type=lambda text: [float(v) for v in text.split(",")],
+                        default=[], help="with --model: also one U-Net step from these σ")  # fmt: skip
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     if args.checkpoint is not None and not args.autoencoder:
         parser.error("--checkpoint needs --autoencoder RUN")
+    if args.sigmas and args.autoencoder:
+        parser.error("--sigmas needs a model's U-Net: use --model, not --autoencoder")
     prompts = evaluation_suite()
     renders = suite_renders(prompts, args.size, args.seed)
     rows = {
         "renders": renders,
         "autoencoder round trip": round_trip(load_autoencoder(args), renders),
     }
+    if args.sigmas:
+        pipeline = load_pipeline(args.model, device=args.device)
+        for sigma in args.sigmas:
+            rows[f"one U-Net step from sigma {sigma:g}"] = one_step(
+                pipeline, prompts, renders, sigma, args.seed
+            )
     for name, images in rows.items():
         report = score(prompts, list(images))
         source = {"autoencoder": args.autoencoder} if args.autoencoder else {"model": args.model}
