@@ -74,31 +74,39 @@ def round_trip(autoencoder: Autoencoder, images: np.ndarray, batch_size: int = 5
     return np.concatenate(out)
 
 
-def one_step(
+def one_step_rows(
     pipeline: Pipeline,
     prompts: list[str],
     images: np.ndarray,
-    sigma: float,
+    sigmas: list[float],
     seed: int,
     batch_size: int = 50,
-) -> np.ndarray:
-    """Images after encode → + σ·ε → one conditional denoising step → decode, 8-bit."""
+) -> dict[str, np.ndarray]:
+    """Per σ, the images after encode → + σ·ε → one conditional denoising step → decode, 8-bit.
+
+    The latents and text contexts are computed once, for every σ."""
     components = pipeline.components
     device = next(components.unet.parameters()).device
     denoiser = Denoiser(components.unet, components.config.diffusion)
-    generator = torch.Generator().manual_seed(seed)
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = prompts[start : start + batch_size]
-        with torch.no_grad():
-            z = encode_images(
-                components, images_to_tensor(images[start : start + batch_size]).to(device)
-            )
+    starts = range(0, len(images), batch_size)
+    with torch.no_grad():
+        latents = [
+            encode_images(components, images_to_tensor(images[i : i + batch_size]).to(device))
+            for i in starts
+        ]
+        contexts = [encode_prompt(components, prompts[i : i + batch_size]) for i in starts]
+    rows = {}
+    for sigma in sigmas:
+        generator = torch.Generator().manual_seed(seed)
+        out = []
+        for z, context in zip(latents, contexts, strict=True):
             noise = torch.randn(z.shape, generator=generator).to(device)
-            sigmas = torch.full((len(z),), sigma, device=device)
-            denoised = denoiser(z + sigma * noise, sigmas, encode_prompt(components, batch))
-        out.extend(np.asarray(image) for image in decode_latents(components, denoised))
-    return np.stack(out)
+            levels = torch.full((len(z),), sigma, device=device)
+            with torch.no_grad():
+                denoised = denoiser(z + sigma * noise, levels, context)
+            out.extend(np.asarray(image) for image in decode_latents(components, denoised))
+        rows[f"one U-Net step from sigma {sigma:g}"] = np.stack(out)
+    return rows
 
 
 def shape_kept(prompts: list[str], renders: np.ndarray, images: np.ndarray) -> dict[str, float]:
@@ -156,16 +164,12 @@ def main() -> None:
         parser.error("--sigmas needs a model's U-Net: use --model, not --autoencoder")
     prompts = evaluation_suite()
     renders = suite_renders(prompts, args.size, args.seed)
-    rows = {
-        "renders": renders,
-        "autoencoder round trip": round_trip(load_autoencoder(args), renders),
-    }
-    if args.sigmas:
-        pipeline = load_pipeline(args.model, device=args.device)
-        for sigma in args.sigmas:
-            rows[f"one U-Net step from sigma {sigma:g}"] = one_step(
-                pipeline, prompts, renders, sigma, args.seed
-            )
+    # With --sigmas the model is loaded once, for its autoencoder and its U-Net.
+    pipeline = load_pipeline(args.model, device=args.device) if args.sigmas else None
+    autoencoder = pipeline.components.autoencoder if pipeline else load_autoencoder(args)
+    rows = {"renders": renders, "autoencoder round trip": round_trip(autoencoder, renders)}
+    if pipeline:
+        rows |= one_step_rows(pipeline, prompts, renders, args.sigmas, args.seed)
     for name, images in rows.items():
         report = score(prompts, list(images))
         source = {"autoencoder": args.autoencoder} if args.autoencoder else {"model": args.model}
