@@ -13,7 +13,10 @@ some prompts name (size, background, position) is a share of the prompts that na
 prompts whose objects are drawn right; `relations_reversed` the share of relation misses that
 put the objects the other way round (the rest are too close); `objects_drawn` how many objects
 two-object prompts got; `shapes_drawn` counts, per named shape, what the object of the named
-colour was drawn as (when exactly one object has that colour). One JSON line per model.
+colour was drawn as (when exactly one object has that colour); `held_out_pairs`, per colour–shape
+pair never seen in training, how many of the prompts naming it got an object of that colour and
+shape, and the suite's overall score without those prompts (what the pair costs the whole
+score). One JSON line per model.
 
     python benchmarks/failures.py --model shapes --model /work/runs/unet/model
 """
@@ -29,10 +32,11 @@ from common import guidance_fields
 from latentdiff.cli.generate import add_sampling_options, sampling_request
 from latentdiff.evaluation.adherence import generate_for_prompts
 from latentdiff.evaluation.detector import Detection, detect
-from latentdiff.evaluation.scoring import FAILURE_CRITERIA, failures, matches
+from latentdiff.evaluation.scoring import FAILURE_CRITERIA, failures, matches, score_image, tally
 from latentdiff.evaluation.suite import evaluation_suite
 from latentdiff.pipelines.pipeline import load_pipeline
 from latentdiff.world.captions import parse_caption
+from latentdiff.world.palette import HELD_OUT_PAIRS
 from latentdiff.world.spec import PromptSpec
 
 # Criteria that a prompt may or may not name; their shares count only the prompts naming them.
@@ -107,6 +111,30 @@ def is_reversed(spec: PromptSpec, detection: Detection) -> bool:
     return wanted[spec.relation] < 0
 
 
+def held_out_pairs(specs: list[PromptSpec], detections: list[Detection]) -> dict:
+    """Per held-out pair: prompts naming it, how many of their images hold an object of that
+    colour and shape, and the overall score of the suite without those prompts."""
+    result = {}
+    for color, shape in sorted(HELD_OUT_PAIRS):
+        names = [any((o.color, o.shape) == (color, shape) for o in s.objects) for s in specs]
+        drawn = sum(
+            any((o.color, o.shape) == (color, shape) for o in d.objects)
+            for d, named in zip(detections, names, strict=True)
+            if named
+        )
+        rest = [
+            score_image(s, d)
+            for s, d, named in zip(specs, detections, names, strict=True)
+            if not named
+        ]
+        result[f"{color} {shape}"] = {
+            "prompts": sum(names),
+            "drawn": drawn,
+            "overall_without": round(tally(rest).overall, 3),
+        }
+    return result
+
+
 def measure(model: str, args: argparse.Namespace) -> dict:
     prompts = evaluation_suite()[: args.limit]
     pipeline = load_pipeline(model, device=args.device)
@@ -121,6 +149,7 @@ def measure(model: str, args: argparse.Namespace) -> dict:
         **guidance_fields(request),
         **breakdown(specs, missed),
         **drawn(specs, detections, missed),
+        "held_out_pairs": held_out_pairs(specs, detections),
     }
 
 
