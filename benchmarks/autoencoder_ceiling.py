@@ -11,6 +11,10 @@ object of their shape (squares lose their corners first).
     python benchmarks/autoencoder_ceiling.py --autoencoder RUN   # a `train autoencoder` run
     python benchmarks/autoencoder_ceiling.py --autoencoder RUN --checkpoint 1000 --preset shapes
 
+`--latent-noise 0.05,0.1` adds round trips with Gaussian noise of that many standard deviations
+(per latent channel) added to the latents: how robust the latent space is to a U-Net's small
+errors.
+
 `--sigmas 0.1,0.3,1` adds, per σ, the same renders after one step of the model's U-Net: encode,
 add noise of level σ, denoise once with the prompt (its conditional prediction, unguided),
 decode. What these rows lose beyond the round trip is the U-Net's, at that noise level.
@@ -61,17 +65,47 @@ def suite_renders(prompts: list[str], size: int, seed: int) -> np.ndarray:
     return np.stack([render_scene(sample_scene(parse_caption(p), rng), size) for p in prompts])
 
 
-def round_trip(autoencoder: Autoencoder, images: np.ndarray, batch_size: int = 50) -> np.ndarray:
-    """Images after the autoencoder: encode (posterior mode), decode, 8-bit. The latent
-    normalisation is left out: it cancels in a round trip."""
+def encode_modes(
+    autoencoder: Autoencoder, images: np.ndarray, batch_size: int = 50
+) -> torch.Tensor:
+    """Posterior modes of `images`, in the autoencoder's own units (no latent normalisation:
+    it cancels in a round trip)."""
     parameter = next(autoencoder.parameters())
-    out = []
+    modes = []
     for start in range(0, len(images), batch_size):
         x = images_to_tensor(images[start : start + batch_size])
         with torch.no_grad():
-            z = autoencoder.encode(x.to(parameter.device, parameter.dtype)).mode()
-            out.append(tensor_to_images(autoencoder.decode(z)))
+            modes.append(autoencoder.encode(x.to(parameter.device, parameter.dtype)).mode())
+    return torch.cat(modes)
+
+
+def decode(autoencoder: Autoencoder, z: torch.Tensor, batch_size: int = 50) -> np.ndarray:
+    """Latents → 8-bit images."""
+    out = []
+    for start in range(0, len(z), batch_size):
+        with torch.no_grad():
+            out.append(tensor_to_images(autoencoder.decode(z[start : start + batch_size])))
     return np.concatenate(out)
+
+
+def round_trip(autoencoder: Autoencoder, images: np.ndarray) -> np.ndarray:
+    """Images after the autoencoder: encode (posterior mode), decode, 8-bit."""
+    return decode(autoencoder, encode_modes(autoencoder, images))
+
+
+def latent_noise_rows(
+    autoencoder: Autoencoder, images: np.ndarray, levels: list[float], seed: int
+) -> dict[str, np.ndarray]:
+    """Per level s, the round trip with Gaussian noise of s × each channel's standard deviation
+    (over these latents) added before decoding: how small an error in the latents the images
+    survive, in the units a U-Net trained on normalised latents errs in."""
+    z = encode_modes(autoencoder, images)
+    std = z.std(dim=(0, 2, 3), keepdim=True)
+    rows = {}
+    for level in levels:
+        noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed)).to(z)
+        rows[f"round trip + latent noise {level:g}"] = decode(autoencoder, z + level * std * noise)
+    return rows
 
 
 def one_step_rows(
@@ -156,6 +190,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sigmas", type=lambda text: [float(v) for v in text.split(",")],
                         default=[], help="with --model: also one U-Net step from these σ")  # fmt: skip
+    parser.add_argument("--latent-noise", type=lambda text: [float(v) for v in text.split(",")],
+                        default=[], help="also round trips with noise of these × each latent channel's std")  # fmt: skip
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     if args.checkpoint is not None and not args.autoencoder:
@@ -168,6 +204,7 @@ def main() -> None:
     pipeline = load_pipeline(args.model, device=args.device) if args.sigmas else None
     autoencoder = pipeline.components.autoencoder if pipeline else load_autoencoder(args)
     rows = {"renders": renders, "autoencoder round trip": round_trip(autoencoder, renders)}
+    rows |= latent_noise_rows(autoencoder, renders, args.latent_noise, args.seed)
     if pipeline:
         rows |= one_step_rows(pipeline, prompts, renders, args.sigmas, args.seed)
     for name, images in rows.items():
