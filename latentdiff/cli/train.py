@@ -40,10 +40,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and so every latent and U-Net made with it, stays valid (as SD's fine-tuned VAEs)",
     )
     ae.add_argument(
+        "--init-from",
+        metavar="AE_RUN",
+        help="start from this `train autoencoder` run's weights and train all of them (a new "
+        "latent space: latents and U-Nets made with the run's do not carry over)",
+    )
+    ae.add_argument(
         "--edge-weight",
         type=float,
         default=0.0,
         help="extra loss weight of pixels at colour edges (0: plain per-pixel loss)",
+    )
+    ae.add_argument(
+        "--hinge-weight",
+        type=float,
+        default=0.0,
+        help="weight of a hinge on each pixel's colour error beyond 25 of 255 levels "
+        "(squared), for the few pixels drawn far off, such as a square's corners",
+    )
+    ae.add_argument(
+        "--latent-noise",
+        type=float,
+        default=0.0,
+        help="decode latents plus noise of s·(each channel's std), s ~ U[0, this] per image: "
+        "a latent space robust to a U-Net's small errors",
     )
     ae.set_defaults(func=leaving_process_group(run_train_autoencoder))
 
@@ -281,17 +301,34 @@ def run_train_autoencoder(args: argparse.Namespace) -> None:
     from latentdiff.training.checkpoint import save_weights
 
     config = train_config(args)
-    if args.edge_weight < 0:
-        raise UsageError(f"--edge-weight must be ≥ 0, got {args.edge_weight}")
+    for flag in ("edge_weight", "hinge_weight", "latent_noise"):
+        value = getattr(args, flag)
+        if not value >= 0:  # also catches nan
+            raise UsageError(f"--{flag.replace('_', '-')} must be ≥ 0, got {value}")
+    if args.finetune_decoder and args.init_from:
+        raise UsageError("--finetune-decoder and --init-from exclude each other")
     if args.finetune_decoder:
         model = freeze_encoder(load_autoencoder_run(args.finetune_decoder).train())
+    elif args.init_from:
+        initial = load_autoencoder_run(args.init_from)
+        # A new latent space: the run's normalisation no longer describes it (`train unet`
+        # measures its own on the cache).
+        model = Autoencoder(
+            dataclasses.replace(initial.config, latents_mean=None, latents_std=None)
+        )
+        model.load_state_dict(initial.state_dict())
     else:
         model = Autoencoder(preset(args.preset).autoencoder)
     ae_config = model.config
     if args.size < 16 or args.size % ae_config.downsample_factor:
         raise UsageError(f"--size must be ≥ 16 and a multiple of {ae_config.downsample_factor}")
     batches = RenderedImages(config.batch_size, args.size, config.seed)
-    loss = functools.partial(autoencoder_loss, edge_weight=args.edge_weight)
+    loss = functools.partial(
+        autoencoder_loss,
+        edge_weight=args.edge_weight,
+        hinge_weight=args.hinge_weight,
+        latent_noise=args.latent_noise,
+    )
     trainer = make_trainer(args, config, model, loss, batches)
     summary = fit(args, trainer)
     if not trainer.dist.is_main:

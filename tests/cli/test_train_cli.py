@@ -26,7 +26,7 @@ from latentdiff.config import (
 from latentdiff.models.clip import CLIP
 from latentdiff.models.tokenizer import build_world_tokenizer
 from latentdiff.pipelines.pipeline import load_pipeline
-from latentdiff.training.checkpoint import load_weights
+from latentdiff.training.checkpoint import load_weights, save_weights
 from latentdiff.training.clip import save_clip
 from latentdiff.training.unet import LatentCache
 
@@ -172,6 +172,33 @@ def test_finetune_decoder_keeps_the_encoder_and_bakes_into_a_model_folder(
     capsys.readouterr()
 
 
+def test_init_from_trains_every_weight_of_a_run_into_a_new_latent_space(
+    autoencoder_run: AutoencoderRun, tmp_path: Path
+) -> None:
+    # A run whose weights no initialisation would give: every weight of a finished run + 0.5.
+    start = tmp_path / "start"
+    start.mkdir()
+    shutil.copy(autoencoder_run.folder / "autoencoder_config.json", start)
+    trained, _ = load_weights(autoencoder_run.folder / "autoencoder.safetensors")
+    base = {k: v + 0.5 for k, v in trained.items()}
+    save_weights(start / "autoencoder.safetensors", base)
+    folder = tmp_path / "robust"
+    status, out = train(
+        "autoencoder", *COMMON, "--size", "16", "--steps", "2", "--lr", "1e-2", "--warmup", "1",
+        "--hinge-weight", "10", "--latent-noise", "0.3", "--init-from", str(start),
+        "--output-dir", str(folder),
+    )  # fmt: skip
+    assert status == 0 and out.startswith("autoencoder: step 2")
+    tuned, _ = load_weights(folder / "autoencoder.safetensors")
+    assert tuned.keys() == base.keys()
+    # Started from the run's weights (two steps at 1e-2 move none by more than a few 1e-2)
+    # and trained all of them, encoder and decoder.
+    assert all((tuned[k] - base[k]).abs().max() < 0.1 for k in base)
+    assert all(not torch.equal(tuned[k], base[k]) for k in base if k.endswith("conv_in.weight"))
+    config = json.loads((folder / "autoencoder_config.json").read_text())
+    assert config["latents_mean"] is None and config["latents_std"] is None
+
+
 @pytest.fixture
 def broken_autoencoder(autoencoder_run: AutoencoderRun, tmp_path: Path) -> Path:
     folder = tmp_path / "broken"
@@ -190,6 +217,13 @@ def broken_autoencoder(autoencoder_run: AutoencoderRun, tmp_path: Path) -> Path:
         (["autoencoder", "--size", "15"], "--size must be"),
         (["autoencoder", "--finetune-decoder", "{tmp}/none"], "holds no finished autoencoder"),
         (["autoencoder", "--edge-weight", "-1"], "--edge-weight must be ≥ 0"),
+        (["autoencoder", "--hinge-weight", "nan"], "--hinge-weight must be ≥ 0"),
+        (["autoencoder", "--latent-noise", "-0.1"], "--latent-noise must be ≥ 0"),
+        (["autoencoder", "--init-from", "{tmp}/none"], "holds no finished autoencoder"),
+        (
+            ["autoencoder", "--init-from", "{good}", "--finetune-decoder", "{good}"],
+            "exclude each other",
+        ),
         (["unet", "--autoencoder", "{tmp}/no-such-run"], "holds no finished autoencoder run"),
         (["unet", "--autoencoder", "{broken}"], "cannot read"),
         (["unet", "--autoencoder", "{good}", "--cache-size", "0"], "--cache-size must be"),

@@ -9,9 +9,12 @@ from torch import nn
 from latentdiff.config import tiny_config
 from latentdiff.models.autoencoder import Autoencoder
 from latentdiff.training.autoencoder import (
+    COLOUR_TOLERANCE,
     RenderedImages,
     autoencoder_loss,
     colour_edges,
+    colour_hinge,
+    perturb_latents,
     reconstruction_psnr,
 )
 
@@ -59,6 +62,50 @@ def test_edge_weight_weighs_edge_pixels_up() -> None:
     edges = colour_edges(images)
     assert 0 < edges.mean() < 0.5
     torch.testing.assert_close(weighted, plain + 4.0 * (edges * per_pixel).mean())
+
+
+def test_colour_hinge_counts_only_pixels_drawn_beyond_the_tolerance() -> None:
+    error = torch.zeros(1, 3, 2, 2)
+    error[0, :, 0, 0] = 0.1  # RGB distance 0.17: within the tolerance
+    assert colour_hinge(error) == 0
+    error[0, 0, 1, 1] = -0.5  # one pixel 0.5 off in red: (0.5 - 0.2)² over 4 pixels
+    torch.testing.assert_close(colour_hinge(error), torch.tensor((0.5 - COLOUR_TOLERANCE) ** 2 / 4))
+
+
+def test_hinge_weight_adds_the_weighted_hinge_of_the_reconstruction_error() -> None:
+    model = tiny_autoencoder(kl_weight=0.0)
+    images = RenderedImages(batch_size=2, size=SIZE, seed=0)(0, 0, 1)
+    generator = torch.Generator
+    plain = autoencoder_loss(model, images, generator().manual_seed(3))
+    hinged = autoencoder_loss(model, images, generator().manual_seed(3), hinge_weight=7.0)
+    reconstruction, _ = model(images, sample_posterior=True, generator=generator().manual_seed(3))
+    hinge = colour_hinge(reconstruction - images)
+    assert hinge > 0  # an untrained decoder is far off
+    torch.testing.assert_close(hinged, plain + 7.0 * hinge)
+
+
+def test_latent_noise_scales_with_each_channels_spread() -> None:
+    """Scaling the latents up cannot escape the noise: it is a share of each channel's std."""
+    z = torch.randn(8, 4, 4, 4) * torch.tensor([1.0, 2.0, 5.0, 0.5]).view(1, 4, 1, 1)
+    noisy = perturb_latents(z, 0.3, torch.Generator().manual_seed(0))
+    scaled = perturb_latents(10 * z, 0.3, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(scaled - 10 * z, 10 * (noisy - z))
+    relative = (noisy - z) / z.std(dim=(0, 2, 3), keepdim=True)
+    assert 0 < relative.std() < 0.3  # levels drawn from U[0, 0.3] per image
+    per_image = relative.std(dim=(1, 2, 3))
+    assert per_image.max() / per_image.min() > 2
+    assert torch.equal(perturb_latents(z, 0.0, torch.Generator().manual_seed(0)), z)
+
+
+def test_latent_noise_decodes_perturbed_latents() -> None:
+    model = tiny_autoencoder(kl_weight=0.0)
+    images = RenderedImages(batch_size=2, size=SIZE, seed=0)(0, 0, 1)
+    loss = autoencoder_loss(model, images, torch.Generator().manual_seed(3), latent_noise=0.5)
+    generator = torch.Generator().manual_seed(3)
+    z = perturb_latents(model.encode(images).sample(generator), 0.5, generator)
+    error = model.decode(z) - images
+    torch.testing.assert_close(loss, (error.square() + error.abs()).mean())
+    assert loss != autoencoder_loss(model, images, torch.Generator().manual_seed(3))
 
 
 @dataclass
