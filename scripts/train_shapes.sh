@@ -20,15 +20,8 @@ train_shapes_autoencoder "$runs"
 # bundled, i.e. in fp16.
 train_shapes_clip "$runs"
 
-# U-Net from scratch with the whole recipe the v1 → v5 cycles found — the token layout bias
-# (preset shapes), a 60,000-scene cache in v5's mix, v-prediction at zero terminal SNR with a
-# plain v loss, 10 % empty captions — and representation alignment to CLIP's patch states
-# (λ 0.5). 3e-4 after a 200-step warm-up, held to step 20,000, then a cosine to 0 at 26,000;
-# EMA 0.998; uniform timesteps.
-latentdiff train unet --autoencoder "$runs/ae" --output-dir "$runs/unet" --cache-size 60000 \
-  --scene-mix single=0.25,counting=0.3,two_object=0.45 --repa-weight 0.5 \
-  --repa-encoder "$runs/clip" --batch-size 64 --lr 3e-4 --warmup 200 --ema-decay 0.998 \
-  --steps 26000 --lr-schedule cosine --cosine-from 20000 --checkpoint-every 500 --no-progress
+# U-Net (scripts/shapes_stages.sh): from scratch, on this autoencoder.
+train_shapes_unet "$runs" "$runs/ae"
 
 # The bundle: the U-Net run's model folder (EMA weights, fp16, with its autoencoder and
 # tokenizer) and the CLIP run's files.
