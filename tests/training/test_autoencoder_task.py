@@ -50,14 +50,20 @@ def test_colour_edges_mark_the_outline_of_a_flat_square() -> None:
     assert colour_edges(torch.zeros(2, 3, 8, 8)).sum() == 0
 
 
-def test_edge_weight_weighs_edge_pixels_up() -> None:
+def losses_with(**options: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(plain loss, loss with `options`, images, reconstruction error) of a tiny autoencoder
+    without KL term, the posterior sampled with the same seed each time."""
     model = tiny_autoencoder(kl_weight=0.0)
     images = RenderedImages(batch_size=2, size=SIZE, seed=0)(0, 0, 1)
     generator = torch.Generator
     plain = autoencoder_loss(model, images, generator().manual_seed(3))
-    weighted = autoencoder_loss(model, images, generator().manual_seed(3), edge_weight=4.0)
+    with_options = autoencoder_loss(model, images, generator().manual_seed(3), **options)
     reconstruction, _ = model(images, sample_posterior=True, generator=generator().manual_seed(3))
-    error = reconstruction - images
+    return plain, with_options, images, reconstruction - images
+
+
+def test_edge_weight_weighs_edge_pixels_up() -> None:
+    plain, weighted, images, error = losses_with(edge_weight=4.0)
     per_pixel = error.square() + error.abs()
     edges = colour_edges(images)
     assert 0 < edges.mean() < 0.5
@@ -73,15 +79,9 @@ def test_colour_hinge_counts_only_pixels_drawn_beyond_the_tolerance() -> None:
 
 
 def test_hinge_weight_adds_the_weighted_hinge_of_the_reconstruction_error() -> None:
-    model = tiny_autoencoder(kl_weight=0.0)
-    images = RenderedImages(batch_size=2, size=SIZE, seed=0)(0, 0, 1)
-    generator = torch.Generator
-    plain = autoencoder_loss(model, images, generator().manual_seed(3))
-    hinged = autoencoder_loss(model, images, generator().manual_seed(3), hinge_weight=7.0)
-    reconstruction, _ = model(images, sample_posterior=True, generator=generator().manual_seed(3))
-    hinge = colour_hinge(reconstruction - images)
-    assert hinge > 0  # an untrained decoder is far off
-    torch.testing.assert_close(hinged, plain + 7.0 * hinge)
+    plain, hinged, _, error = losses_with(hinge_weight=7.0)
+    assert colour_hinge(error) > 0  # an untrained decoder is far off
+    torch.testing.assert_close(hinged, plain + 7.0 * colour_hinge(error))
 
 
 def test_latent_noise_scales_with_each_channels_spread() -> None:
