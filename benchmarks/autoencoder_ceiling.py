@@ -88,18 +88,12 @@ def decode(autoencoder: Autoencoder, z: torch.Tensor, batch_size: int = 50) -> n
     return np.concatenate(out)
 
 
-def round_trip(autoencoder: Autoencoder, images: np.ndarray) -> np.ndarray:
-    """Images after the autoencoder: encode (posterior mode), decode, 8-bit."""
-    return decode(autoencoder, encode_modes(autoencoder, images))
-
-
 def latent_noise_rows(
-    autoencoder: Autoencoder, images: np.ndarray, levels: list[float], seed: int
+    autoencoder: Autoencoder, z: torch.Tensor, levels: list[float], seed: int
 ) -> dict[str, np.ndarray]:
-    """Per level s, the round trip with Gaussian noise of s × each channel's standard deviation
-    (over these latents) added before decoding: how small an error in the latents the images
-    survive, in the units a U-Net trained on normalised latents errs in."""
-    z = encode_modes(autoencoder, images)
+    """Per level s, the round trip of the posterior modes `z` with Gaussian noise of s × each
+    channel's standard deviation (over `z`) added before decoding: how small an error in the
+    latents the images survive, in the units a U-Net trained on normalised latents errs in."""
     std = z.std(dim=(0, 2, 3), keepdim=True)
     rows = {}
     for level in levels:
@@ -179,6 +173,11 @@ def checkpoint_autoencoder(args: argparse.Namespace) -> Autoencoder:
     return model.eval().requires_grad_(False)
 
 
+def float_list(text: str) -> list[float]:
+    """ "0.05,0.1" → [0.05, 0.1]."""
+    return [float(v) for v in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="shapes")
@@ -188,10 +187,10 @@ def main() -> None:
                         help="with --checkpoint: the run's architecture")  # fmt: skip
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sigmas", type=lambda text: [float(v) for v in text.split(",")],
-                        default=[], help="with --model: also one U-Net step from these σ")  # fmt: skip
-    parser.add_argument("--latent-noise", type=lambda text: [float(v) for v in text.split(",")],
-                        default=[], help="also round trips with noise of these × each latent channel's std")  # fmt: skip
+    parser.add_argument("--sigmas", type=float_list, default=[],
+                        help="with --model: also one U-Net step from these σ")  # fmt: skip
+    parser.add_argument("--latent-noise", type=float_list, default=[],
+                        help="also round trips with noise of these × each latent channel's std")  # fmt: skip
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     if args.checkpoint is not None and not args.autoencoder:
@@ -203,8 +202,9 @@ def main() -> None:
     # With --sigmas the model is loaded once, for its autoencoder and its U-Net.
     pipeline = load_pipeline(args.model, device=args.device) if args.sigmas else None
     autoencoder = pipeline.components.autoencoder if pipeline else load_autoencoder(args)
-    rows = {"renders": renders, "autoencoder round trip": round_trip(autoencoder, renders)}
-    rows |= latent_noise_rows(autoencoder, renders, args.latent_noise, args.seed)
+    modes = encode_modes(autoencoder, renders)  # once, for the round trip and the noisy ones
+    rows = {"renders": renders, "autoencoder round trip": decode(autoencoder, modes)}
+    rows |= latent_noise_rows(autoencoder, modes, args.latent_noise, args.seed)
     if pipeline:
         rows |= one_step_rows(pipeline, prompts, renders, args.sigmas, args.seed)
     for name, images in rows.items():

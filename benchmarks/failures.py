@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from collections.abc import Iterable
 
 from common import guidance_fields
 
@@ -114,25 +115,23 @@ def is_reversed(spec: PromptSpec, detection: Detection) -> bool:
 def held_out_pairs(specs: list[PromptSpec], detections: list[Detection]) -> dict:
     """Per held-out pair: prompts naming it, how many of their images hold an object of that
     colour and shape, and the overall score of the suite without those prompts."""
-    result = {}
-    for color, shape in sorted(HELD_OUT_PAIRS):
-        names = [any((o.color, o.shape) == (color, shape) for o in s.objects) for s in specs]
-        drawn = sum(
-            any((o.color, o.shape) == (color, shape) for o in d.objects)
-            for d, named in zip(detections, names, strict=True)
-            if named
-        )
-        rest = [
-            score_image(s, d)
-            for s, d, named in zip(specs, detections, names, strict=True)
-            if not named
-        ]
-        result[f"{color} {shape}"] = {
+    results = [score_image(s, d) for s, d in zip(specs, detections, strict=True)]
+    report = {}
+    for pair in sorted(HELD_OUT_PAIRS):
+        names = [has_pair(s.objects, pair) for s in specs]
+        drawn = sum(has_pair(d.objects, pair) for d, n in zip(detections, names, strict=True) if n)
+        rest = [r for r, named in zip(results, names, strict=True) if not named]
+        report[" ".join(pair)] = {
             "prompts": sum(names),
             "drawn": drawn,
             "overall_without": round(tally(rest).overall, 3),
         }
-    return result
+    return report
+
+
+def has_pair(objects: Iterable, pair: tuple[str, str]) -> bool:
+    """Whether any of `objects` (named or detected) has this (colour, shape)."""
+    return any((o.color, o.shape) == pair for o in objects)
 
 
 def measure(model: str, args: argparse.Namespace) -> dict:
