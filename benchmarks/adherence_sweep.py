@@ -22,7 +22,7 @@ import math
 import time
 from pathlib import Path
 
-from common import guidance_fields
+from common import float_list, guidance_fields
 
 from latentdiff.cli.generate import add_guidance_options, guidance_interval
 from latentdiff.config import format_interval
@@ -46,7 +46,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--label", default=None, help="the run's name in the plot legend")
     parser.add_argument("--samplers", default="dpmpp_2m")
     parser.add_argument("--steps", default="20")
-    parser.add_argument("--guidance", default=None, help="scales, e.g. 2,5 (default: the model's)")
+    parser.add_argument(
+        "--guidance", type=float_list, default=None, help="scales, e.g. 2,5 (default: the model's)"
+    )
     add_guidance_options(parser, scale=False)
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--device", default="auto")
@@ -79,7 +81,7 @@ def main() -> None:
         itertools.product(
             args.samplers.split(","),
             [int(s) for s in args.steps.split(",")],
-            [None] if args.guidance is None else [float(g) for g in args.guidance.split(",")],
+            [None] if args.guidance is None else args.guidance,
         )
     )
     out = Path(args.out)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import float_list
 
 from latentdiff.checkpoints.bundle import load_autoencoder_run
 from latentdiff.config import PRESETS
@@ -171,11 +172,6 @@ def checkpoint_autoencoder(args: argparse.Namespace) -> Autoencoder:
     model = Autoencoder(PRESETS[args.preset]().autoencoder)
     load_module_state(model, load_weights(weights)[0], weights)
     return model.eval().requires_grad_(False)
-
-
-def float_list(text: str) -> list[float]:
-    """ "0.05,0.1" → [0.05, 0.1]."""
-    return [float(v) for v in text.split(",")]
 
 
 def main() -> None:

@@ -193,6 +193,11 @@ def machine_summary(environ: Mapping[str, str] = os.environ) -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}{openmp}, load average {load}"
 
 
+def float_list(text: str) -> list[float]:
+    """ "0.05,0.1" → [0.05, 0.1]."""
+    return [float(v) for v in text.split(",")]
+
+
 def guidance_fields(request: GenerationRequest) -> dict[str, float | str | None]:
     """The guidance a resolved request (`with_defaults`) used, for a JSON row; the interval as
     text, since strict JSON has no infinity for an open top."""
