@@ -1,5 +1,5 @@
-# Stages shared by the shapes recipes (scripts/train_shapes.sh, v6; scripts/train_shapes_v5.sh;
-# scripts/train_shapes_v7.sh): all use the same autoencoder and CLIP runs, and v6 and v7 the
+# Stages shared by the shapes recipes (scripts/train_shapes.sh, v7; scripts/train_shapes_v6.sh;
+# scripts/train_shapes_v5.sh): all use the same autoencoder and CLIP runs, and v6 and v7 the
 # same U-Net command. Sourced, not run.
 
 # Autoencoder: 32/64/128 channels, colour edges weighted 21× in the loss from the start (the
