@@ -29,3 +29,11 @@ train_shapes_unet() {
     --repa-encoder "$1/clip" --batch-size 64 --lr 3e-4 --warmup 200 --ema-decay 0.998 \
     --steps 26000 --lr-schedule cosine --cosine-from 20000 --checkpoint-every 500 --no-progress
 }
+
+# The bundle: the U-Net run's model folder (EMA weights, fp16, with its autoencoder and
+# tokenizer) and the CLIP run's files, copied into the package. Run from the repository root.
+bundle_shapes() {
+  mkdir -p latentdiff/assets/shapes latentdiff/assets/clip
+  cp "$1/unet/model/"{config.json,model.safetensors,tokenizer.json} latentdiff/assets/shapes/
+  cp "$1/clip/"{clip.safetensors,clip_config.json,tokenizer.json} latentdiff/assets/clip/
+}

@@ -29,8 +29,5 @@ latentdiff train autoencoder --init-from "$runs/ae" --output-dir "$runs/ae_robus
 # U-Net (scripts/shapes_stages.sh): v6's command, on the second-stage autoencoder.
 train_shapes_unet "$runs" "$runs/ae_robust"
 
-# The bundle: the U-Net run's model folder (EMA weights, fp16, with its autoencoder and
-# tokenizer) and the CLIP run's files.
-mkdir -p latentdiff/assets/shapes latentdiff/assets/clip
-cp "$runs/unet/model/"{config.json,model.safetensors,tokenizer.json} latentdiff/assets/shapes/
-cp "$runs/clip/"{clip.safetensors,clip_config.json,tokenizer.json} latentdiff/assets/clip/
+# The bundle (scripts/shapes_stages.sh).
+bundle_shapes "$runs"

@@ -23,8 +23,5 @@ train_shapes_clip "$runs"
 # U-Net (scripts/shapes_stages.sh): from scratch, on this autoencoder.
 train_shapes_unet "$runs" "$runs/ae"
 
-# v6's bundle, replaced by v7's (scripts/train_shapes.sh): the U-Net run's model folder (EMA
-# weights, fp16, with its autoencoder and tokenizer) and the CLIP run's files.
-mkdir -p latentdiff/assets/shapes latentdiff/assets/clip
-cp "$runs/unet/model/"{config.json,model.safetensors,tokenizer.json} latentdiff/assets/shapes/
-cp "$runs/clip/"{clip.safetensors,clip_config.json,tokenizer.json} latentdiff/assets/clip/
+# v6's bundle, replaced by v7's (scripts/train_shapes.sh; the copy in scripts/shapes_stages.sh).
+bundle_shapes "$runs"
